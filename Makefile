@@ -1,0 +1,82 @@
+# The platform's commands. `make demo` runs everything with demo traffic; `make test` runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PYTHON    ?= python3
+CRM_HOME  ?= $(CURDIR)/.crm
+export CRM_HOME
+export CRM_PYTHON := $(CURDIR)/$(VENV)/bin/python
+
+STAMP := $(VENV)/.installed
+
+.PHONY: help install system-deps infra-up infra-down demo up stop status test test-unit schemas clean logs
+
+help:
+	@echo "make demo    - install what is missing, start Kafka, PostgreSQL, every service and demo traffic"
+	@echo "make test    - install what the tests need and run the whole test suite"
+	@echo "make stop    - stop everything started by make demo"
+	@echo "make status  - what runs"
+	@echo "make schemas - regenerate docs/schemas from the event declarations"
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests need beyond PostgreSQL (installed by deploy/postgres.sh itself).
+system-deps:
+	@command -v docker-compose >/dev/null || { \
+	  echo "installing Debian's docker-compose (to check docker-compose.yml parses)"; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; }
+
+infra-up: install
+	deploy/postgres.sh start
+	deploy/kafka.sh start
+
+infra-down:
+	-deploy/kafka.sh stop
+	-deploy/postgres.sh stop
+
+up: infra-up
+	deploy/services.sh start ingest processor api
+
+demo: up
+	deploy/services.sh start simulator
+	@echo
+	@echo "  CRM platform is running with demo traffic:"
+	@echo "    collector      http://127.0.0.1:$${CRM_INGEST_PORT:-8080}/v1/events   (docs: /docs)"
+	@echo "    query API      http://127.0.0.1:$${CRM_API_PORT:-8000}/v1/customers   (docs: /docs)"
+	@echo "    processor      http://127.0.0.1:$${CRM_PROCESSOR_WEB_PORT:-6066}/metrics"
+	@echo "    Kafka          127.0.0.1:$${CRM_KAFKA_PORT:-9092}    PostgreSQL 127.0.0.1:$${CRM_PG_PORT:-5432}/crm"
+	@echo "    logs           $(CRM_HOME)/logs/"
+	@echo "  make stop   stops everything"
+
+stop:
+	-deploy/services.sh stop
+	$(MAKE) --no-print-directory infra-down
+
+status:
+	-deploy/services.sh status
+	-deploy/kafka.sh status
+	-deploy/postgres.sh status
+
+# The tests start (and stop) their own broker and database on separate ports under .crm/test,
+# so they never disturb a running demo.
+test: install system-deps
+	$(VENV)/bin/python -m pytest -p no:cacheprovider
+
+test-unit: install
+	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit
+
+schemas: install
+	$(VENV)/bin/crm schemas export --out docs/schemas
+
+logs:
+	tail -n 50 -f $(CRM_HOME)/logs/*.log
+
+clean: stop
+	rm -rf $(CRM_HOME)

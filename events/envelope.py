@@ -1,0 +1,229 @@
+"""The CloudEvents 1.0 envelope and the validation of a raw event into a typed ``Touchpoint``.
+
+Pure code: no I/O and no clock (the receive time is passed in).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from events.identifiers import Identifier, InvalidIdentifier, normalize
+from events.touchpoints import EVENT_TYPES, EventType, TouchpointData
+
+_EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+CORE_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "data")
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event in structured JSON form; extension attributes are kept as extras."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: str = Field("1.0", pattern=r"^1\.0$")
+    id: str = Field(min_length=1, max_length=256)
+    source: str = Field(min_length=1, max_length=1024)
+    type: str = Field(min_length=1, max_length=200)
+    time: datetime | None = None
+    subject: str | None = Field(None, max_length=1024)
+    datacontenttype: str | None = Field("application/json")
+    dataschema: str | None = Field(None, max_length=1024)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("time")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("time must carry a time zone offset (RFC 3339), e.g. 2026-11-22T10:00:00Z")
+        return value
+
+    @field_validator("datacontenttype")
+    @classmethod
+    def _json(cls, value: str | None) -> str | None:
+        if value is not None and not value.split(";")[0].strip().endswith("json"):
+            raise ValueError("only JSON data is accepted (datacontenttype application/json)")
+        return value
+
+    def extensions(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One reason an event was refused: where (a dotted path) and why."""
+
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class InvalidEvent(ValueError):
+    """Raised with every field error of one event."""
+
+    def __init__(self, kind: str, errors: list[FieldError]):
+        self.kind = kind  # schema_violation | unknown_type | oversize | undecodable
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+
+
+@dataclass(frozen=True)
+class Touchpoint:
+    """A validated touchpoint: the envelope, its typed data and its normalized identifiers."""
+
+    id: str
+    source: str
+    type: str
+    time: datetime
+    data: TouchpointData
+    channel: str
+    identifiers: tuple[Identifier, ...]
+    subject: str | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)
+    invalid_identifiers: tuple[FieldError, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Idempotency key: the same ``id`` from the same ``source`` is the same event."""
+        return event_key(self.source, self.id)
+
+    @property
+    def primary_identifier(self) -> Identifier:
+        return self.identifiers[0]
+
+    @property
+    def event_type(self) -> EventType:
+        return EVENT_TYPES[self.type]
+
+    def to_cloudevent(self) -> dict[str, Any]:
+        """The structured CloudEvents JSON object (data in its wire form, extensions included)."""
+        out: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "dataschema": self.event_type.dataschema,
+        }
+        if self.subject is not None:
+            out["subject"] = self.subject
+        out.update(self.extensions)
+        out["channel"] = self.channel
+        out["data"] = self.data.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=False)
+        return out
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_cloudevent())
+
+
+def event_key(source: str, event_id: str) -> str:
+    return hashlib.blake2b(f"{source}\x00{event_id}".encode(), digest_size=16).hexdigest()
+
+
+def _pydantic_errors(exc: ValidationError, prefix: str) -> list[FieldError]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        out.append(FieldError(f"{prefix}{loc}" if loc else prefix.rstrip("."), err["msg"]))
+    return out
+
+
+def _field_value(data: TouchpointData, path: str) -> Any:
+    name, _, index = path.partition("[")
+    value = getattr(data, name, None)
+    if index and value is not None:
+        i = int(index.rstrip("]"))
+        value = value[i] if len(value) > i else None
+    return value
+
+
+def extract_identifiers(event_type: EventType, data: TouchpointData, default_region: str
+                        ) -> tuple[tuple[Identifier, ...], tuple[FieldError, ...]]:
+    """The event's normalized identifiers (primary first, no duplicates) and the invalid ones."""
+    found: list[Identifier] = []
+    invalid: list[FieldError] = []
+    for kind, path in event_type.identity_fields:
+        raw = _field_value(data, path)
+        if raw is None:
+            continue
+        try:
+            ident = normalize(kind, raw, default_region)
+        except InvalidIdentifier as exc:
+            invalid.append(FieldError(f"data.{path}", str(exc)))
+            continue
+        if ident not in found:
+            found.append(ident)
+    refs = getattr(data, "identifiers", None)
+    if refs and event_type.name == "identity.linked":
+        for i, ref in enumerate(refs):
+            try:
+                ident = normalize(ref.kind, ref.value, default_region)
+            except InvalidIdentifier as exc:
+                invalid.append(FieldError(f"data.identifiers.{i}", str(exc)))
+                continue
+            if ident not in found:
+                found.append(ident)
+    return tuple(found), tuple(invalid)
+
+
+def validate(raw: Any, *, received_at: datetime, default_region: str = "CN") -> Touchpoint:
+    """Validate one raw structured CloudEvent (a decoded JSON object) into a Touchpoint.
+
+    ``time`` defaults to ``received_at``; when the sender gives ``sentat`` (its own clock at
+    sending), the time is corrected for client clock skew: time = received_at - (sentat - time).
+    Raises InvalidEvent listing every problem.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidEvent("schema_violation", [FieldError("", "an event must be a JSON object")])
+    try:
+        envelope = CloudEvent.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidEvent("schema_violation", _pydantic_errors(exc, "")) from None
+    ext = envelope.extensions()
+    bad_ext = [FieldError(k, "extension attribute names are 1-20 lower-case letters or digits")
+               for k in ext if not _EXT_NAME.match(k)]
+    if bad_ext:
+        raise InvalidEvent("schema_violation", bad_ext)
+    event_type = EVENT_TYPES.get(envelope.type)
+    if event_type is None:
+        raise InvalidEvent("unknown_type", [FieldError("type", f"unknown event type {envelope.type!r}; "
+                                                       f"known: {', '.join(sorted(EVENT_TYPES))}")])
+    if envelope.dataschema and envelope.dataschema != event_type.dataschema:
+        raise InvalidEvent("schema_violation", [FieldError(
+            "dataschema", f"{envelope.dataschema!r} is not the schema of {envelope.type} "
+                          f"(expected {event_type.dataschema!r})")])
+    try:
+        data = event_type.data.model_validate(envelope.data)
+    except ValidationError as exc:
+        raise InvalidEvent("schema_violation", _pydantic_errors(exc, "data.")) from None
+
+    time = envelope.time or received_at
+    sent_at = ext.pop("sentat", None)
+    if sent_at is not None:
+        try:
+            sent = datetime.fromisoformat(str(sent_at).replace("Z", "+00:00"))
+            if sent.tzinfo is None:
+                raise ValueError
+        except ValueError:
+            raise InvalidEvent("schema_violation", [FieldError("sentat", "sentat must be an RFC 3339 time with offset")]) from None
+        time = received_at - (sent - time)
+    ext.pop("channel", None)  # the channel is the declared one of the type
+    ext.pop("customerid", None)  # resolved by the platform, never trusted from a sender
+
+    identifiers, invalid = extract_identifiers(event_type, data, default_region)
+    if not identifiers:
+        errors = list(invalid) or [FieldError("data", "the event carries no customer identifier "
+                                                      "(email, phone, account_id or anonymous_id)")]
+        raise InvalidEvent("schema_violation", errors)
+    return Touchpoint(
+        id=envelope.id, source=envelope.source, type=envelope.type, time=time.astimezone(timezone.utc),
+        data=data, channel=event_type.channel, identifiers=identifiers, subject=envelope.subject,
+        extensions=ext, invalid_identifiers=invalid,
+    )

@@ -1,0 +1,220 @@
+"""The unified customer view as a pure, commutative fold over a customer's events.
+
+``apply_all(view, events)`` gives the same view whatever the order of the events, and
+``merge(a, b)`` of two customers' views equals the view of one customer who did all of it, so
+out-of-order arrival and identity merges never need a re-read of the log. Each event must be
+applied once; the runner guarantees that with the timeline's primary key in the same transaction.
+
+"Latest" traits are last-writer-wins on (event time, event key): a late, older update never
+overwrites a newer one. Times are stored as fixed-format UTC ISO strings, which sort as times.
+"""
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Iterable
+
+from events.customer_events import CustomerEvent
+
+View = dict[str, Any]
+
+IDENTITY_KINDS = ("account_id", "email", "phone", "anonymous_id")
+CONTACT_TYPES = frozenset({
+    "email.received", "email.sent", "call.started", "call.answered", "call.ended", "call.abandoned",
+    "web.page_viewed", "web.session_started", "order.placed", "order.paid", "order.refunded", "order.shipped",
+    "survey.answered", "ticket.opened", "ticket.replied", "ticket.resolved",
+})
+"""Touchpoint types that are a contact with the customer (profile, identity and consent events are not)."""
+
+
+def ts(moment: datetime) -> str:
+    """Fixed-format UTC timestamp that sorts lexicographically as time."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def empty(customer_id: str) -> View:
+    return {
+        "customer_id": customer_id,
+        "identities": {k: [] for k in IDENTITY_KINDS},
+        "traits": {},
+        "contacts": {},
+        "first_contact": None,
+        "last_contact": None,
+        "orders": {"count": 0, "revenue": {}, "refunded": {}, "first_at": None, "last_at": None},
+        "tickets": {},
+        "satisfaction": {"answers": 0, "csat": None, "nps": None},
+        "consent": {},
+        "event_count": 0,
+        "last_event_at": None,
+    }
+
+
+def _newer(a: dict | None, b: dict | None) -> dict | None:
+    """The later of two stamped values by (at, event); None loses."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if (b["at"], b["event"]) > (a["at"], a["event"]) else a
+
+
+def _older(a: dict | None, b: dict | None) -> dict | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if (b["at"], b["event"]) < (a["at"], a["event"]) else a
+
+
+def _min(a: str | None, b: str | None) -> str | None:
+    return b if a is None or (b is not None and b < a) else a
+
+
+def _max(a: str | None, b: str | None) -> str | None:
+    return b if a is None or (b is not None and b > a) else a
+
+
+def _add_money(book: dict[str, str], currency: str, amount: Any) -> None:
+    total = Decimal(book.get(currency, "0")) + Decimal(str(amount))
+    book[currency] = format(total.normalize(), "f") if total else "0"
+
+
+def _stamp(value: Any, at: str, event: CustomerEvent) -> dict:
+    return {"value": value, "at": at, "event": event.key, "source": event.channel or event.source}
+
+
+def _set_trait(view: View, name: str, value: Any, at: str, event: CustomerEvent) -> None:
+    if value is None or value == "":
+        return
+    view["traits"][name] = _newer(view["traits"].get(name), _stamp(value, at, event))
+
+
+def _apply(view: View, event: CustomerEvent) -> None:
+    at = ts(event.time)
+    data = event.data
+    kind = event.type
+    view["event_count"] += 1
+    view["last_event_at"] = _max(view["last_event_at"], at)
+    for key in event.identifiers:
+        ident_kind, _, value = key.partition(":")
+        values = view["identities"].setdefault(ident_kind, [])
+        if value not in values:
+            values.append(value)
+            values.sort()
+
+    if kind in CONTACT_TYPES:
+        channel = event.channel
+        view["contacts"][channel] = view["contacts"].get(channel, 0) + 1
+        contact = {"at": at, "event": event.key, "type": kind, "channel": channel}
+        view["first_contact"] = _older(view["first_contact"], contact)
+        view["last_contact"] = _newer(view["last_contact"], contact)
+
+    # traits: contact identifiers are traits too (the latest email/phone the customer used)
+    for key in event.identifiers:
+        ident_kind, _, value = key.partition(":")
+        if ident_kind in ("email", "phone"):
+            _set_trait(view, ident_kind, value, at, event)
+    if kind == "profile.updated":
+        for name in ("name", "company", "address", "language", "birthday"):
+            _set_trait(view, name, data.get(name), at, event)
+    elif kind.startswith("order."):
+        orders = view["orders"]
+        currency = data.get("currency", "CNY")
+        if kind == "order.placed":
+            orders["count"] += 1
+            _add_money(orders["revenue"], currency, data.get("total", 0))
+            orders["first_at"] = _min(orders["first_at"], at)
+            orders["last_at"] = _max(orders["last_at"], at)
+        elif kind == "order.refunded":
+            _add_money(orders["refunded"], currency, data.get("amount", 0))
+    elif kind.startswith("ticket."):
+        ticket_id = str(data.get("ticket_id"))
+        status = {"ticket.opened": "open", "ticket.replied": "open", "ticket.resolved": "resolved"}[kind]
+        update = {"status": status, "at": at, "event": event.key, "kind": data.get("kind", "service_request")}
+        old = view["tickets"].get(ticket_id)
+        view["tickets"][ticket_id] = _merge_ticket(old, update) if old else update
+    elif kind == "survey.answered":
+        sat = view["satisfaction"]
+        sat["answers"] += 1
+        for metric in ("csat", "nps"):
+            if data.get(metric) is not None:
+                sat[metric] = _newer(sat[metric], _stamp(data[metric], at, event))
+    elif kind == "consent.changed":
+        slot = f"{data.get('purpose', 'marketing')}:{data.get('channel', 'all')}"
+        view["consent"][slot] = _newer(view["consent"].get(slot), _stamp(bool(data.get("granted")), at, event))
+
+
+def _merge_ticket(a: dict, b: dict) -> dict:
+    latest = _newer(a, b)
+    # a ticket's kind is set when opened; a reply or resolution may not repeat it
+    kinds = {a.get("kind"), b.get("kind")} - {None, "service_request"}
+    return {**latest, "kind": min(kinds) if kinds else latest.get("kind", "service_request")}
+
+
+def apply_all(view: View, events: Iterable[CustomerEvent]) -> View:
+    """Fold events into a copy of ``view``; the result does not depend on the order of ``events``."""
+    out = copy.deepcopy(view)
+    for event in events:
+        _apply(out, event)
+    return out
+
+
+def apply(view: View, event: CustomerEvent) -> View:
+    return apply_all(view, (event,))
+
+
+def merge(survivor: View, alias: View) -> View:
+    """The view of one customer who did everything ``survivor`` and ``alias`` did."""
+    out = copy.deepcopy(survivor)
+    for kind, values in alias["identities"].items():
+        out["identities"][kind] = sorted(set(out["identities"].get(kind, [])) | set(values))
+    for name, stamped in alias["traits"].items():
+        out["traits"][name] = _newer(out["traits"].get(name), stamped)
+    for channel, n in alias["contacts"].items():
+        out["contacts"][channel] = out["contacts"].get(channel, 0) + n
+    out["first_contact"] = _older(out["first_contact"], alias["first_contact"])
+    out["last_contact"] = _newer(out["last_contact"], alias["last_contact"])
+    o, a = out["orders"], alias["orders"]
+    o["count"] += a["count"]
+    for book in ("revenue", "refunded"):
+        for currency, amount in a[book].items():
+            _add_money(o[book], currency, amount)
+    o["first_at"] = _min(o["first_at"], a["first_at"])
+    o["last_at"] = _max(o["last_at"], a["last_at"])
+    for ticket_id, ticket in alias["tickets"].items():
+        mine = out["tickets"].get(ticket_id)
+        out["tickets"][ticket_id] = _merge_ticket(mine, ticket) if mine else ticket
+    s, sa = out["satisfaction"], alias["satisfaction"]
+    s["answers"] += sa["answers"]
+    for metric in ("csat", "nps"):
+        s[metric] = _newer(s[metric], sa[metric])
+    for slot, stamped in alias["consent"].items():
+        out["consent"][slot] = _newer(out["consent"].get(slot), stamped)
+    out["event_count"] += alias["event_count"]
+    out["last_event_at"] = _max(out["last_event_at"], alias["last_event_at"])
+    return out
+
+
+def display_name(view: View) -> str | None:
+    """What operators call the customer: the name trait, else the latest email or phone."""
+    for trait in ("name", "email", "phone"):
+        stamped = view["traits"].get(trait)
+        if stamped:
+            return str(stamped["value"])
+    return None
+
+
+def summary(view: View) -> dict[str, Any]:
+    """Derived figures shown with the view (open tickets, net revenue, ...)."""
+    orders = view["orders"]
+    net = {c: format((Decimal(v) - Decimal(orders["refunded"].get(c, "0"))).normalize(), "f")
+           for c, v in orders["revenue"].items()}
+    return {
+        "display_name": display_name(view),
+        "open_tickets": sorted(t for t, v in view["tickets"].items() if v["status"] == "open"),
+        "open_complaints": sorted(t for t, v in view["tickets"].items()
+                                  if v["status"] == "open" and v.get("kind") == "complaint"),
+        "net_revenue": net,
+        "contacts_total": sum(view["contacts"].values()),
+    }

@@ -1,0 +1,75 @@
+"""The query API: a thin, read-only FastAPI app over the PostgreSQL read models."""
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg2
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from services.api.deps import Database
+from services.api.routes import customers
+from services.common.settings import Settings
+
+REQUESTS = Counter("crm_api_requests_total", "HTTP requests", ["route", "status"])
+LATENCY = Histogram("crm_api_request_seconds", "request latency", ["route"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1))
+
+
+def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
+    """The query API wired with its settings and database pool."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        app.state.db.close()
+
+    app = FastAPI(title="CRM query API", version="1", lifespan=lifespan,
+                  description="The unified customer view and its timeline, read from the projections.")
+    app.state.settings = settings
+    app.state.db = db or Database(settings.pg_dsn)
+    app.include_router(customers.router)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        LATENCY.labels(path).observe(time.perf_counter() - started)
+        REQUESTS.labels(path, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        return JSONResponse({"error": "invalid request", "detail": errors}, status_code=422)
+
+    @app.exception_handler(psycopg2.OperationalError)
+    async def db_down(request: Request, exc: psycopg2.OperationalError) -> JSONResponse:
+        return JSONResponse({"error": "read model database unavailable; retry later"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, Any]:
+        try:
+            with app.state.db.cursor() as cur:
+                cur.execute("SELECT 1")
+            database = "ok"
+        except psycopg2.Error as exc:
+            database = f"unavailable: {exc}".strip()
+        return {"status": "ok", "service": "crm-api", "database": database}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

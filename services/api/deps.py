@@ -1,0 +1,60 @@
+"""Dependencies of the query API routes: settings and a pooled, read-only database connection."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Annotated, Iterator
+
+import orjson
+import psycopg2.extras
+import psycopg2.pool
+from fastapi import Depends, Request
+
+from services.common.settings import Settings
+
+
+class _Connection(psycopg2.extensions.connection):
+    """A pooled connection that remembers it has been set up."""
+
+    ready = False
+
+
+class Database:
+    """A small pool of read-only PostgreSQL connections (the API never writes the read model)."""
+
+    def __init__(self, dsn: str, maxconn: int = 8):
+        self.dsn = dsn
+        self.pool = psycopg2.pool.ThreadedConnectionPool(0, maxconn, dsn, application_name="crm-api",
+                                                         connect_timeout=5, connection_factory=_Connection)
+
+    @contextmanager
+    def cursor(self) -> Iterator[psycopg2.extensions.cursor]:
+        conn = self.pool.getconn()
+        try:
+            if not conn.ready:
+                conn.set_session(readonly=True, autocommit=True)
+                psycopg2.extras.register_default_jsonb(conn, loads=orjson.loads)
+                conn.ready = True
+            with conn.cursor() as cur:
+                yield cur
+        except psycopg2.OperationalError:
+            self.pool.putconn(conn, close=True)
+            conn = None
+            raise
+        finally:
+            if conn is not None:
+                self.pool.putconn(conn)
+
+    def close(self) -> None:
+        self.pool.closeall()
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_db)]

@@ -1,0 +1,133 @@
+"""``/v1/customers``: the unified customer view, identifier lookups and the timeline."""
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query
+
+from events.identifiers import InvalidIdentifier, normalize_lookup
+from projections import customer_view
+from services.api.deps import DatabaseDep, SettingsDep
+from services.api.schemas import CustomerList, CustomerOut, Problem, Timeline, TimelineItem
+
+router = APIRouter(prefix="/v1/customers", tags=["customers"])
+
+NOT_FOUND = {404: {"model": Problem, "description": "no such customer"}}
+
+
+def _resolve(cur, customer_id: str) -> str:
+    cur.execute("SELECT survivor FROM customer_view_alias WHERE alias = %s", (customer_id,))
+    row = cur.fetchone()
+    return row[0] if row else customer_id
+
+
+def _load(cur, customer_id: str) -> CustomerOut | None:
+    survivor = _resolve(cur, customer_id)
+    cur.execute("SELECT state, updated_at FROM customer_view WHERE customer_id = %s", (survivor,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    state, updated_at = row
+    cur.execute("SELECT alias FROM customer_view_alias WHERE survivor = %s ORDER BY alias", (survivor,))
+    aliases = [r[0] for r in cur.fetchall()]
+    return _out(state, updated_at, aliases, requested=customer_id if customer_id != survivor else None)
+
+
+def _out(state: dict[str, Any], updated_at: datetime, aliases: list[str], requested: str | None) -> CustomerOut:
+    derived = customer_view.summary(state)
+    return CustomerOut(
+        customer_id=state["customer_id"], requested_id=requested, aliases=aliases,
+        display_name=derived["display_name"], identities={k: v for k, v in state["identities"].items() if v},
+        traits=state["traits"], contacts=state["contacts"], contacts_total=derived["contacts_total"],
+        first_contact=state["first_contact"], last_contact=state["last_contact"],
+        orders={**state["orders"], "net_revenue": derived["net_revenue"]},
+        tickets=state["tickets"], open_tickets=derived["open_tickets"],
+        open_complaints=derived["open_complaints"], satisfaction=state["satisfaction"],
+        consent=state["consent"], event_count=state["event_count"], last_event_at=state["last_event_at"],
+        updated_at=updated_at,
+    )
+
+
+@router.get("", response_model=CustomerList, responses={400: {"model": Problem}})
+def find_customers(
+    db: DatabaseDep, settings: SettingsDep,
+    email: Annotated[str | None, Query(max_length=254)] = None,
+    phone: Annotated[str | None, Query(max_length=64)] = None,
+    account_id: Annotated[str | None, Query(max_length=200)] = None,
+    anonymous_id: Annotated[str | None, Query(max_length=200)] = None,
+) -> CustomerList:
+    """Find the customer(s) holding an identifier. Values are normalized as on ingest
+    (emails lower-cased, phones to E.164 with the default region)."""
+    given = {k: v for k, v in (("email", email), ("phone", phone), ("account_id", account_id),
+                               ("anonymous_id", anonymous_id)) if v is not None}
+    if not given:
+        raise HTTPException(400, "give one of: email, phone, account_id, anonymous_id")
+    keys = []
+    for kind, raw in given.items():
+        try:
+            keys.append(normalize_lookup(kind, raw, settings.default_region).key)
+        except InvalidIdentifier as exc:
+            raise HTTPException(400, f"{kind}: {exc}") from None
+    with db.cursor() as cur:
+        cur.execute("SELECT DISTINCT customer_id FROM customer_view_identifier WHERE key = ANY(%s)", (keys,))
+        found: dict[str, CustomerOut] = {}
+        for (cid,) in cur.fetchall():
+            view = _load(cur, cid)
+            if view is not None:
+                found[view.customer_id] = view
+    return CustomerList(items=[found[k] for k in sorted(found)])
+
+
+@router.get("/{customer_id}", response_model=CustomerOut, responses=NOT_FOUND)
+def get_customer(customer_id: str, db: DatabaseDep) -> CustomerOut:
+    """The unified view of one customer; an alias (a merged-away id) answers with the survivor."""
+    with db.cursor() as cur:
+        view = _load(cur, customer_id)
+    if view is None:
+        raise HTTPException(404, f"no customer {customer_id!r}")
+    return view
+
+
+def _encode_cursor(time: datetime, key: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([time.isoformat(), key])).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        time, key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(time), str(key)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise HTTPException(400, "invalid cursor; use the next_cursor of a previous page") from None
+
+
+@router.get("/{customer_id}/timeline", response_model=Timeline, responses={**NOT_FOUND, 400: {"model": Problem}})
+def get_timeline(
+    customer_id: str, db: DatabaseDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    order: Literal["asc", "desc"] = "asc",
+) -> Timeline:
+    """Every touchpoint of the customer in event-time order (oldest first unless order=desc)."""
+    after = _decode_cursor(cursor) if cursor else None
+    with db.cursor() as cur:
+        survivor = _resolve(cur, customer_id)
+        cur.execute("SELECT 1 FROM customer_view WHERE customer_id = %s", (survivor,))
+        if cur.fetchone() is None:
+            raise HTTPException(404, f"no customer {customer_id!r}")
+        op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
+        where = f"AND (event_time, event_key) {op} (%s, %s)" if after else ""
+        cur.execute(f"""SELECT event_id, source, type, channel, event_time, summary, data, event_key
+                        FROM customer_timeline WHERE customer_id = %s {where}
+                        ORDER BY event_time {direction}, event_key {direction} LIMIT %s""",
+                    (survivor, *(after or ()), limit + 1))
+        rows = cur.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [TimelineItem(event_id=r[0], source=r[1], type=r[2], channel=r[3], time=r[4], summary=r[5], data=r[6])
+             for r in rows]
+    next_cursor = _encode_cursor(rows[-1][4], rows[-1][7]) if more else None
+    return Timeline(customer_id=survivor, items=items, next_cursor=next_cursor)

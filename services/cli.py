@@ -1,0 +1,82 @@
+"""The ``crm`` command line: operator and set-up tasks."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from services.common import settings as settings_mod
+
+
+def _db_migrate(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
+    from services.common.db import migrate
+
+    applied = migrate(cfg.pg_dsn)
+    print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    return 0
+
+
+def _topics_create(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
+    from services.common.kafka_admin import ensure_topics
+
+    created = ensure_topics(cfg.kafka_bootstrap, args.partitions or cfg.partitions, cfg.replication_factor)
+    print(f"topics created: {', '.join(created) if created else 'none (all exist)'}")
+    return 0
+
+
+def _kafka_ready(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
+    from services.common.kafka_admin import wait_ready
+
+    wait_ready(cfg.kafka_bootstrap, args.timeout)
+    print(f"kafka at {cfg.kafka_bootstrap} accepts produce and fetch")
+    return 0
+
+
+def _schemas_export(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
+    from events.schema import all_schemas
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in all_schemas().items():
+        (out / name).write_text(json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    print(f"{len(all_schemas())} schemas written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crm", description="CRM platform operations")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="database tasks").add_subparsers(dest="db_command", required=True)
+    db.add_parser("migrate", help="apply schema migrations to CRM_PG_DSN").set_defaults(fn=_db_migrate)
+
+    topics = sub.add_parser("topics", help="Kafka topic tasks").add_subparsers(dest="topics_command", required=True)
+    create = topics.add_parser("create", help="create the platform's topics (idempotent)")
+    create.add_argument("--partitions", type=int, default=None)
+    create.set_defaults(fn=_topics_create)
+
+    kafka = sub.add_parser("kafka", help="Kafka checks").add_subparsers(dest="kafka_command", required=True)
+    ready = kafka.add_parser("ready", help="wait until the broker accepts produce and fetch")
+    ready.add_argument("--timeout", type=float, default=60.0)
+    ready.set_defaults(fn=_kafka_ready)
+
+    schemas = sub.add_parser("schemas", help="event schemas").add_subparsers(dest="schemas_command", required=True)
+    export = schemas.add_parser("export", help="write the JSON Schema of every event type")
+    export.add_argument("--out", default="docs/schemas")
+    export.set_defaults(fn=_schemas_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = settings_mod.load()
+    try:
+        return args.fn(args, cfg)
+    except Exception as exc:  # a CLI reports failures in one line, not a traceback
+        print(f"crm {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

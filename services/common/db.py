@@ -1,0 +1,43 @@
+"""PostgreSQL access shared by the services: connections and schema migrations."""
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+import psycopg2
+import psycopg2.extensions
+
+log = logging.getLogger(__name__)
+
+
+def connect(dsn: str, *, application_name: str = "crm", autocommit: bool = False) -> psycopg2.extensions.connection:
+    conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=5)
+    conn.autocommit = autocommit
+    return conn
+
+
+def migrations() -> list[tuple[str, str]]:
+    """(name, SQL) of every migration shipped with the package, in order."""
+    folder = resources.files("services.common") / "migrations"
+    return sorted((f.name, f.read_text(encoding="utf-8")) for f in folder.iterdir() if f.name.endswith(".sql"))
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply the migrations not yet applied, all in one transaction; returns their names."""
+    applied: list[str] = []
+    with connect(dsn, application_name="crm-migrate") as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(727001)")  # one migrator at a time
+            cur.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+                               name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())""")
+            cur.execute("SELECT name FROM schema_migrations")
+            done = {r[0] for r in cur.fetchall()}
+            for name, sql in migrations():
+                if name in done:
+                    continue
+                cur.execute(sql)
+                cur.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+                applied.append(name)
+                log.info("migration applied", extra={"migration": name})
+    conn.close()
+    return applied

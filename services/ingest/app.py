@@ -1,0 +1,175 @@
+"""The collector's HTTP API: validate touchpoints and make them durable on ``crm.touchpoints``.
+
+2xx means durable: the answer is sent only after Kafka acknowledged (acks=all) every accepted
+event; when Kafka cannot be reached the answer is 503 with Retry-After and nothing is confirmed.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from events.envelope import InvalidEvent, validate
+from events.kafka_binding import structured_headers
+from services.common.settings import Settings
+from services.common.topics import TOUCHPOINTS
+from services.ingest.publisher import KafkaPublisher, KafkaUnavailable
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = Counter("crm_ingest_events_accepted_total", "events acknowledged by Kafka", ["type"])
+REJECTED = Counter("crm_ingest_events_rejected_total", "events refused", ["reason"])
+REQUESTS = Counter("crm_ingest_requests_total", "requests to POST /v1/events", ["status"])
+ACK_SECONDS = Histogram("crm_ingest_kafka_ack_seconds", "time from send to Kafka acknowledgement",
+                        buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+
+RETRY_AFTER_S = 5
+HEADERS = structured_headers()
+
+EVENTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One CloudEvent (structured JSON), a JSON array of them, or {\"batch\": [...]}.",
+        "content": {
+            "application/json": {"schema": {"oneOf": [
+                {"$ref": "#/components/schemas/CloudEventIn"},
+                {"type": "array", "items": {"$ref": "#/components/schemas/CloudEventIn"}},
+                {"type": "object", "properties": {"batch": {"type": "array",
+                                                            "items": {"$ref": "#/components/schemas/CloudEventIn"}}}},
+            ]}},
+            "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEventIn"}},
+            "application/cloudevents-batch+json": {"schema": {"type": "array",
+                                                              "items": {"$ref": "#/components/schemas/CloudEventIn"}}},
+        },
+    },
+}
+
+CLOUDEVENT_IN = {
+    "type": "object",
+    "required": ["id", "source", "type", "data"],
+    "properties": {
+        "specversion": {"type": "string", "const": "1.0"},
+        "id": {"type": "string", "description": "idempotency key within source"},
+        "source": {"type": "string"},
+        "type": {"type": "string", "description": "one of the declared touchpoint types"},
+        "time": {"type": "string", "format": "date-time"},
+        "sentat": {"type": "string", "format": "date-time", "description": "sender's clock at sending"},
+        "subject": {"type": "string"},
+        "dataschema": {"type": "string"},
+        "data": {"type": "object"},
+    },
+}
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    REQUESTS.labels(str(status)).inc()
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings, publisher: KafkaPublisher) -> FastAPI:
+    """The collector app, wired with its settings and Kafka publisher."""
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        publisher.close()
+
+    app = FastAPI(title="CRM collector", version="1", lifespan=lifespan,
+                  description="Accepts customer touchpoints as CloudEvents and makes them durable on Kafka.")
+    app.state.publisher = publisher
+
+    @app.post("/v1/events", status_code=202, openapi_extra=EVENTS_BODY, responses={
+        202: {"description": "accepted events are durable in Kafka; rejected ones are listed with reasons"},
+        400: {"description": "malformed JSON, or no event in the request is valid"},
+        413: {"description": "the request or an event is over the size limit"},
+        503: {"description": "Kafka unavailable; retry after Retry-After seconds (same ids are deduplicated)"},
+    })
+    async def post_events(request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_batch_bytes:
+            return _error(413, f"request body is {length} bytes; the limit is {settings.max_batch_bytes} bytes")
+        body = await request.body()
+        if len(body) > settings.max_batch_bytes:
+            return _error(413, f"request body is {len(body)} bytes; the limit is {settings.max_batch_bytes} bytes")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"malformed JSON: {exc}")
+        single = isinstance(payload, dict) and "batch" not in payload
+        if single:
+            items = [payload]
+        elif isinstance(payload, dict) and isinstance(payload.get("batch"), list):
+            items = payload["batch"]
+        elif isinstance(payload, list):
+            items = payload
+        else:
+            return _error(400, "the body must be an event object, an array of events or {\"batch\": [...]}")
+        if not items:
+            return _error(400, "the batch is empty")
+
+        received_at = datetime.now(timezone.utc)
+        accepted, rejected, records = [], [], []
+        seen: set[tuple[str, str]] = set()
+        for index, item in enumerate(items):
+            item_id = item.get("id") if isinstance(item, dict) else None
+            size = len(orjson.dumps(item))
+            if size > settings.max_event_bytes:
+                rejected.append({"index": index, "id": item_id, "reason": "oversize", "errors": [
+                    {"field": "", "message": f"event is {size} bytes; the limit is {settings.max_event_bytes}"}]})
+                REJECTED.labels("oversize").inc()
+                continue
+            try:
+                tp = validate(item, received_at=received_at, default_region=settings.default_region)
+            except InvalidEvent as exc:
+                rejected.append({"index": index, "id": item_id, "reason": exc.kind,
+                                 "errors": [e.as_dict() for e in exc.errors]})
+                REJECTED.labels(exc.kind).inc()
+                continue
+            if (tp.source, tp.id) in seen:  # the same event twice in one request is one event
+                accepted.append(tp.id)
+                continue
+            seen.add((tp.source, tp.id))
+            accepted.append(tp.id)
+            records.append((TOUCHPOINTS, tp.primary_identifier.key.encode(), tp.to_json(), HEADERS, tp.type))
+
+        if not records:
+            if single and rejected[0]["reason"] == "oversize":
+                return _error(413, rejected[0]["errors"][0]["message"], rejected=rejected)
+            return _error(400, "no valid event in the request", rejected=rejected)
+        started = datetime.now(timezone.utc)
+        try:
+            await publisher.send_all([r[:4] for r in records])
+        except KafkaUnavailable as exc:
+            log.warning("kafka unavailable, answering 503", extra={"error": str(exc), "events": len(records)})
+            return _error(503, "event log unavailable; nothing was accepted, retry later", detail=str(exc))
+        ACK_SECONDS.observe((datetime.now(timezone.utc) - started).total_seconds())
+        for r in records:
+            ACCEPTED.labels(r[4]).inc()
+        REQUESTS.labels("202").inc()
+        return JSONResponse({"accepted": accepted, "rejected": rejected}, status_code=202)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "service": "crm-ingest",
+                "kafka": "connected" if publisher.connected else "unavailable",
+                "kafka_error": publisher.last_error}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = original_openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {})["CloudEventIn"] = CLOUDEVENT_IN
+        return schema
+
+    app.openapi = openapi
+    return app

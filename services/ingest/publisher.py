@@ -1,0 +1,110 @@
+"""The collector's Kafka producer (kafka-python, acks=all), awaitable from asyncio.
+
+``send_all`` resolves only when Kafka has acknowledged every record; any failure raises
+``KafkaUnavailable`` so the route answers 503 and the sender retries. Retries are safe: records
+keep their CloudEvents ``source`` + ``id``, and processing deduplicates on them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Sequence
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+log = logging.getLogger(__name__)
+
+
+class KafkaUnavailable(Exception):
+    """Kafka did not acknowledge in time; nothing was confirmed to the sender."""
+
+
+class KafkaPublisher:
+    def __init__(self, bootstrap: str, *, ack_timeout_s: float = 10.0, reconnect_every_s: float = 2.0):
+        self.bootstrap = bootstrap
+        self.ack_timeout_s = ack_timeout_s
+        self.reconnect_every_s = reconnect_every_s
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+        self._last_attempt = 0.0
+        self.last_error: str | None = None
+
+    def _create(self) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=self.bootstrap.split(","),
+            acks="all",
+            linger_ms=2,
+            batch_size=256 * 1024,
+            max_request_size=2 * 1024 * 1024,
+            retries=3,
+            max_block_ms=int(self.ack_timeout_s * 1000),
+            request_timeout_ms=int(self.ack_timeout_s * 1000),
+            max_in_flight_requests_per_connection=5,
+            client_id="crm-ingest",
+        )
+
+    def producer(self) -> KafkaProducer:
+        """The connected producer; raises KafkaUnavailable while the broker cannot be reached."""
+        if self._producer is not None:
+            return self._producer
+        with self._lock:
+            if self._producer is None:
+                now = time.monotonic()
+                if now - self._last_attempt < self.reconnect_every_s and self.last_error:
+                    raise KafkaUnavailable(self.last_error)
+                self._last_attempt = now
+                try:
+                    self._producer = self._create()
+                    self.last_error = None
+                except KafkaError as exc:
+                    self.last_error = f"cannot connect to Kafka at {self.bootstrap}: {exc}"
+                    raise KafkaUnavailable(self.last_error) from exc
+        return self._producer
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None and self._producer.bootstrap_connected()
+
+    async def send_all(self, records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]) -> None:
+        """Produce ``(topic, key, value, headers)`` records and wait for every acknowledgement."""
+        if not records:
+            return
+        loop = asyncio.get_running_loop()
+        producer = await loop.run_in_executor(None, self.producer)
+        waiting: list[asyncio.Future] = []
+
+        def bridge(kafka_future) -> asyncio.Future:
+            fut = loop.create_future()
+
+            def ok(_meta) -> None:
+                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+            def failed(exc) -> None:
+                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(KafkaUnavailable(repr(exc))))
+
+            kafka_future.add_callback(ok)
+            kafka_future.add_errback(failed)
+            return fut
+
+        def submit() -> None:
+            for topic, key, value, headers in records:
+                waiting.append(bridge(producer.send(topic, key=key, value=value, headers=headers)))
+
+        try:
+            await loop.run_in_executor(None, submit)
+        except KafkaError as exc:  # e.g. metadata not available within max_block_ms
+            for fut in waiting:
+                fut.cancel()
+            raise KafkaUnavailable(repr(exc)) from exc
+        try:
+            await asyncio.wait_for(asyncio.gather(*waiting), timeout=self.ack_timeout_s + 1)
+        except asyncio.TimeoutError as exc:
+            raise KafkaUnavailable(f"Kafka did not acknowledge within {self.ack_timeout_s}s") from exc
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None

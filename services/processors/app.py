@@ -1,0 +1,124 @@
+"""The faust application: agents that feed batches from Kafka to the stage runners.
+
+faust supplies the consumer group, batching (``take_events``) and the producer. It is *not*
+trusted with positions: its offset tracker can commit past in-flight messages and duplicate on
+rebalance (faust-streaming issues 606, 316, 517, 323). After faust seeks a newly assigned
+partition to its committed offset, we seek it again to the offset stored in PostgreSQL with the
+read model, so processing always resumes exactly where the last committed transaction ended.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Iterable
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common.settings import Settings
+from services.processors.identity_stage import IdentityStage
+from services.processors.records import Output, Record
+from services.processors.runner import BatchRunner, load_offsets
+from services.processors.view_stage import ViewStage
+
+log = logging.getLogger(__name__)
+
+STAGES = {"identity": IdentityStage, "view": ViewStage}
+
+
+class PositionedApp(faust.App):
+    """A faust App whose stream positions come from PostgreSQL."""
+
+    stored_positions: dict  # topic -> loader of {partition: next offset}
+    runners: list  # BatchRunner of each stage, closed on stop
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        for runner in getattr(self, "runners", ()):
+            runner.close()
+
+    def _new_consumer(self):
+        consumer = super()._new_consumer()
+        faust_seek = consumer.perform_seek
+
+        async def perform_seek() -> None:
+            await faust_seek()
+            await self._seek_to_stored(consumer)
+
+        consumer.perform_seek = perform_seek
+        return consumer
+
+    async def _seek_to_stored(self, consumer) -> None:
+        assigned = consumer.assignment()
+        for topic, loader in self.stored_positions.items():
+            tps = [tp for tp in assigned if tp.topic == topic]
+            if not tps:
+                continue
+            stored = await asyncio.get_running_loop().run_in_executor(None, loader)
+            for tp in tps:
+                if tp.partition in stored:
+                    await consumer.seek(tp, stored[tp.partition])
+            log.info("partitions positioned from PostgreSQL", extra={
+                "topic": topic, "positions": {tp.partition: stored.get(tp.partition) for tp in sorted(tps)}})
+
+
+def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) -> PositionedApp:
+    """Wire the faust app, its topics and one batching agent per stage."""
+    app = PositionedApp(
+        settings.processor_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        producer_acks=-1,
+        producer_linger_ms=1,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        web_enabled=True,
+        web_bind="127.0.0.1",
+        web_port=settings.processor_web_port,
+        web_in_thread=False,
+        broker_max_poll_records=settings.batch_size,
+    )
+    app.stored_positions = {}
+    runners: list[BatchRunner] = []
+
+    async def publish(outputs: list[Output]) -> None:
+        producer = app.producer
+        futures = [await producer.send(o.topic, o.key, o.value, None, None, list(o.headers)) for o in outputs]
+        if futures:
+            await asyncio.gather(*futures)
+
+    for name in stages:
+        stage = IdentityStage(settings.default_region) if name == "identity" else STAGES[name]()
+        runner = BatchRunner(stage, settings.pg_dsn, settings.processor_id, publish)
+        runners.append(runner)
+        topic = app.topic(stage.topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw", internal=False)
+        app.stored_positions[stage.topic] = (
+            lambda t=stage.topic: load_offsets(settings.pg_dsn, settings.processor_id, t))
+        _add_agent(app, topic, runner, settings)
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"status": "ok", "service": "crm-processor", "stages": list(stages)})
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    app.runners = runners
+    return app
+
+
+def _add_agent(app: faust.App, topic, runner: BatchRunner, settings: Settings) -> None:
+    async def process(stream):
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                              e.message.value, tuple(e.message.headers or ()), e.message.timestamp and
+                              int(e.message.timestamp * 1000)) for e in events]
+            await runner.run(records)
+
+    process.__name__ = f"{runner.stage.name}_agent"
+    app.agent(topic, name=f"crm.{runner.stage.name}", concurrency=1)(process)
