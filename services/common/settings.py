@@ -13,6 +13,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
 
     # infrastructure
+    home: str = Field(".crm", description="the project's data folder (CRM_HOME)")
     kafka_bootstrap: str = "127.0.0.1:9092"
     pg_dsn: str = "postgresql://crm@127.0.0.1:5432/crm"
     partitions: int = Field(4, ge=1, description="partition count of the crm.* topics")

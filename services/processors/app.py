@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Iterable
 
 import faust
@@ -64,10 +65,13 @@ class PositionedApp(faust.App):
 
 def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) -> PositionedApp:
     """Wire the faust app, its topics and one batching agent per stage."""
+    datadir = Path(settings.home) / "faust" / settings.processor_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = PositionedApp(
         settings.processor_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
         topic_disable_leader=True,
@@ -80,6 +84,9 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
         web_port=settings.processor_web_port,
         web_in_thread=False,
         broker_max_poll_records=settings.batch_size,
+        # a crashed worker's partitions move to the others within seconds, not faust's default minute
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
     )
     app.stored_positions = {}
     runners: list[BatchRunner] = []

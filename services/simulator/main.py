@@ -1,0 +1,556 @@
+"""``crm-simulator``: post simulated customer journeys to the collector at a steady rate.
+
+The events come from ``services.simulator.journeys`` (deterministic for a seed); this module only
+paces, batches and posts them to ``POST {collector}/v1/events``, retries what the collector asks to
+retry (503 with Retry-After, connection errors), and reports what happened. It talks to the
+collector URL it is given and nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Iterable, Iterator
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from services.simulator.journeys import JourneyGenerator
+
+DEFAULT_COLLECTOR = "http://127.0.0.1:8080"
+MAX_EVENT_BYTES = 32 * 1024
+# The collector refuses bodies over 500 KiB; stay a little under so brackets and commas never tip it over.
+MAX_BATCH_BYTES = 480 * 1024
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+USER_AGENT = "crm-simulator/0.1"
+
+Wait = Callable[[float], bool]
+"""Wait up to the given seconds; True means a stop was requested."""
+
+
+class Stopper:
+    """A stop request set from a signal handler, and a wait that ends early when it is set.
+
+    A plain flag and short sleeps rather than ``threading.Event``: setting an Event takes a lock,
+    which a signal handler could try to take while the interrupted code already holds it.
+    """
+
+    def __init__(self, tick: float = 0.1):
+        self.requested = False
+        self.tick = tick
+
+    def set(self) -> None:
+        """Ask the run to stop (safe to call from a signal handler)."""
+        self.requested = True
+
+    def is_set(self) -> bool:
+        """True once a stop was asked for."""
+        return self.requested
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when a stop was requested."""
+        end = time.monotonic() + seconds
+        while not self.requested:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(self.tick, left))
+        return self.requested
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+# --- results -------------------------------------------------------------------------------------
+
+@dataclass
+class Stats:
+    """Running totals of one simulator run."""
+
+    sent: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0
+    retries: int = 0
+    batches: int = 0
+    discarded: int = 0
+    started: float = 0.0
+    window: deque = field(default_factory=lambda: deque(maxlen=64))
+
+    def record(self, now: float) -> None:
+        """Remember (time, events sent) so the current rate can be shown."""
+        self.window.append((now, self.sent))
+
+    def rate(self, now: float, over: float = 5.0) -> float:
+        """Events sent per second over roughly the last ``over`` seconds."""
+        recent = [(t, n) for t, n in self.window if now - t <= over]
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            elapsed = now - self.started
+            return self.sent / elapsed if elapsed > 0 else 0.0
+        (t0, n0), (t1, n1) = recent[0], recent[-1]
+        return (n1 - n0) / (t1 - t0)
+
+    @property
+    def ok(self) -> bool:
+        """True when every event that was sent was accepted."""
+        return self.rejected == 0 and self.failed == 0
+
+
+@dataclass
+class BatchResult:
+    """The outcome of posting one batch, after retries."""
+
+    accepted: list[str] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    failed: int = 0
+    retries: int = 0
+    error: str | None = None
+
+
+# --- posting -------------------------------------------------------------------------------------
+
+def events_url(collector: str) -> str:
+    """The collector's batch endpoint for a collector base URL (http or https only)."""
+    url = httpx.URL(collector)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"the collector URL must be http(s)://host[:port], not {collector!r}")
+    base = str(url).rstrip("/")
+    return base if base.endswith("/v1/events") else f"{base}/v1/events"
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta seconds or an HTTP date), or None if absent/unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+class Sender:
+    """Posts batches of events to the collector, retrying transient failures a bounded number of times.
+
+    Re-posting a batch is safe: the collector deduplicates events by ``source`` + ``id``.
+    """
+
+    def __init__(self, client: httpx.Client, collector: str, *, max_retries: int = 8, backoff: float = 0.5,
+                 max_backoff: float = 30.0, max_retry_after: float = 60.0, wait: Wait | None = None,
+                 on_retry: Callable[[str, float], None] | None = None):
+        self.client = client
+        self.url = events_url(collector)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_retry_after = max_retry_after
+        self.wait: Wait = wait or _sleep
+        self.on_retry = on_retry or (lambda problem, delay: None)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        return min(self.backoff * 2 ** attempt, self.max_backoff)
+
+    def send(self, events: list[dict[str, Any]], encoded: list[bytes] | None = None) -> BatchResult:
+        """Post one batch; returns the accepted ids, the rejected entries and how many events were given up."""
+        if not events:
+            return BatchResult()
+        encoded = encoded if encoded is not None else [orjson.dumps(e) for e in events]
+        body = b"[" + b",".join(encoded) + b"]"
+        result = BatchResult()
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                response = self.client.post(self.url, content=body, headers={"Content-Type": "application/json"})
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                status = response.status_code
+                if status in (200, 202):
+                    payload = _json(response)
+                    result.accepted = list(payload.get("accepted", []))
+                    result.rejected = list(payload.get("rejected", []))
+                    return result
+                if status == 413 and len(events) > 1:
+                    return self._split(events, encoded, result)
+                if status in (400, 413):
+                    payload = _json(response)
+                    result.rejected = list(payload.get("rejected") or [
+                        {"index": i, "id": e.get("id"), "reason": f"http_{status}",
+                         "errors": [{"field": "", "message": str(payload.get("error", response.text[:200]))}]}
+                        for i, e in enumerate(events)])
+                    return result
+                if status not in RETRYABLE_STATUS:
+                    result.failed = len(events)
+                    result.error = f"HTTP {status}: {response.text[:300]}"
+                    return result
+                problem = f"HTTP {status}"
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            if attempt >= self.max_retries:
+                result.failed = len(events)
+                result.error = f"gave up after {attempt + 1} attempts: {problem}"
+                return result
+            result.retries += 1
+            delay = self._delay(attempt, retry_after)
+            self.on_retry(problem, delay)
+            if self.wait(delay):
+                result.failed = len(events)
+                result.error = f"stopped while retrying: {problem}"
+                return result
+            attempt += 1
+
+    def _split(self, events: list[dict[str, Any]], encoded: list[bytes], result: BatchResult) -> BatchResult:
+        # 413 for a multi-event batch means the body was too big: halve it rather than lose it
+        mid = len(events) // 2
+        for lo, hi in ((0, mid), (mid, len(events))):
+            part = self.send(events[lo:hi], encoded[lo:hi])
+            result.accepted += part.accepted
+            result.rejected += [{**r, "index": r.get("index", 0) + lo} if isinstance(r.get("index"), int) else r
+                                for r in part.rejected]
+            result.failed += part.failed
+            result.retries += part.retries
+            result.error = result.error or part.error
+        return result
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+# --- pacing and batching ---------------------------------------------------------------------------
+
+class Pump:
+    """Takes events from an iterator at ``rate`` per second and posts them in batches.
+
+    A batch is posted when it holds ``batch_size`` events, would pass the byte limit, or its first
+    event has waited ``linger`` seconds, so low rates still deliver promptly. Clock and wait are
+    injected so the pacing can be tested without sleeping.
+    """
+
+    def __init__(self, sender: Sender, *, rate: float, batch_size: int, linger: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic, wait: Wait | None = None,
+                 on_progress: Callable[[Stats], None] | None = None,
+                 on_problem: Callable[[str], None] | None = None):
+        if rate <= 0 or batch_size < 1:
+            raise ValueError("rate must be > 0 and batch_size >= 1")
+        self.sender = sender
+        self.interval = 1.0 / rate
+        self.batch_size = batch_size
+        self.linger = linger
+        self.clock = clock
+        self.wait: Wait = wait or _sleep
+        self.on_progress = on_progress or (lambda stats: None)
+        self.on_problem = on_problem or (lambda message: None)
+        self.stats = Stats()
+
+    def run(self, events: Iterable[dict[str, Any]], *, max_events: int | None = None,
+            duration: float | None = None, stopped: Callable[[], bool] = lambda: False) -> Stats:
+        """Send events until the iterator ends, ``max_events`` were taken, ``duration`` passed or a stop."""
+        stats = self.stats
+        stats.started = start = self.clock()
+        deadline = start + duration if duration is not None else None
+        # event k is due at base + k / rate; computed, not accumulated, so float error cannot drift
+        base, due = start, 0
+        batch: list[dict[str, Any]] = []
+        encoded: list[bytes] = []
+        size = 0
+        batch_since = 0.0
+        taken = 0
+        interrupted = False
+        source = iter(events)
+        while max_events is None or taken < max_events:
+            now = self.clock()
+            if stopped():
+                interrupted = True
+                break
+            if deadline is not None and now >= deadline:
+                break
+            # Never try to catch up more than a second of backlog (after a slow post or a retry),
+            # otherwise the collector would get a burst far above the chosen rate.
+            next_at = base + due * self.interval
+            if next_at < now - 1.0:
+                base, due, next_at = now - 1.0, 0, now - 1.0
+            if batch and next_at - batch_since >= self.linger:
+                self._flush(batch, encoded)
+                batch, encoded, size = [], [], 0
+                continue
+            if next_at > now:
+                until = next_at if deadline is None else min(next_at, deadline)
+                if self.wait(until - now):
+                    interrupted = True
+                    break
+                continue
+            event = next(source, None)
+            if event is None:
+                break
+            taken += 1
+            due += 1
+            raw = orjson.dumps(event)
+            if len(raw) > MAX_EVENT_BYTES:
+                stats.sent += 1
+                stats.rejected += 1
+                self.on_problem(f"not sent: event {event.get('id')} ({event.get('type')}) is {len(raw)} bytes, "
+                                f"over the {MAX_EVENT_BYTES}-byte limit")
+                continue
+            if batch and size + len(raw) + 1 > MAX_BATCH_BYTES:
+                self._flush(batch, encoded)
+                batch, encoded, size = [], [], 0
+            if not batch:
+                batch_since = self.clock()
+            batch.append(event)
+            encoded.append(raw)
+            size += len(raw) + 1
+            if len(batch) >= self.batch_size:
+                self._flush(batch, encoded)
+                batch, encoded, size = [], [], 0
+        if batch:
+            if interrupted:
+                stats.discarded += len(batch)  # taken from the generator but never posted
+            else:
+                self._flush(batch, encoded)
+        return stats
+
+    def _flush(self, batch: list[dict[str, Any]], encoded: list[bytes]) -> None:
+        stats = self.stats
+        result = self.sender.send(batch, encoded)
+        stats.batches += 1
+        stats.sent += len(batch)
+        stats.accepted += len(result.accepted)
+        stats.rejected += len(result.rejected)
+        stats.failed += result.failed
+        stats.retries += result.retries
+        for rejection in result.rejected:
+            index = rejection.get("index")
+            event = batch[index] if isinstance(index, int) and 0 <= index < len(batch) else {}
+            errors = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in rejection.get("errors") or [])
+            self.on_problem(f"rejected {rejection.get('id')} ({event.get('type', '?')}): "
+                            f"{rejection.get('reason')}: {errors}")
+        if result.error:
+            self.on_problem(f"batch of {len(batch)} events not delivered: {result.error}")
+        stats.record(self.clock())
+        self.on_progress(stats)
+
+
+# --- progress display ---------------------------------------------------------------------------------
+
+class Reporter:
+    """Shows progress: a live table on a terminal, a plain line every few seconds otherwise."""
+
+    def __init__(self, *, target_rate: float, collector: str, quiet: bool, live: bool, every: float = 5.0):
+        self.out = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+        self.target_rate = target_rate
+        self.collector = collector
+        self.quiet = quiet
+        self.every = every
+        self.stats = Stats()
+        self._last_line = 0.0
+        self._live = Live(get_renderable=self._table, console=self.out, refresh_per_second=4,
+                          transient=False) if live and not quiet else None
+
+    def __enter__(self) -> "Reporter":
+        """Start the live display (on a terminal)."""
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def _table(self) -> Table:
+        now = time.monotonic()
+        s = self.stats
+        table = Table(title=f"crm-simulator → {self.collector}", show_header=False, min_width=44)
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        table.add_row("events sent", f"{s.sent:,}")
+        table.add_row("accepted", f"[green]{s.accepted:,}[/]")
+        table.add_row("rejected", f"[red]{s.rejected:,}[/]" if s.rejected else "0")
+        table.add_row("failed (gave up)", f"[red]{s.failed:,}[/]" if s.failed else "0")
+        table.add_row("retries", f"{s.retries:,}")
+        table.add_row("batches", f"{s.batches:,}")
+        table.add_row("rate", f"{s.rate(now):.1f}/s (target {self.target_rate:g}/s)")
+        table.add_row("elapsed", f"{now - s.started:.0f} s" if s.started else "-")
+        return table
+
+    def progress(self, stats: Stats) -> None:
+        """Called after every batch."""
+        self.stats = stats
+        if self.quiet or self._live is not None:
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.every:
+            self._last_line = now
+            self.out.print(self.line(stats, now), soft_wrap=True)
+
+    @staticmethod
+    def line(stats: Stats, now: float) -> str:
+        """One plain progress line."""
+        return (f"[{now - stats.started:7.1f}s] sent {stats.sent} accepted {stats.accepted} "
+                f"rejected {stats.rejected} failed {stats.failed} retries {stats.retries} "
+                f"rate {stats.rate(now):.1f}/s")
+
+    def problem(self, message: str) -> None:
+        """Rejections and undelivered batches are always shown, even with --quiet."""
+        self.err.print(f"[red]crm-simulator:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+    def retrying(self, problem: str, delay: float) -> None:
+        """The collector could not take a batch now; it is posted again after ``delay`` seconds."""
+        if not self.quiet:
+            self.err.print(f"crm-simulator: collector not ready ({problem}); retrying in {delay:.1f} s",
+                           soft_wrap=True, markup=False)
+
+    def summary(self, stats: Stats, *, reason: str) -> None:
+        """The closing line: why the run ended and the totals."""
+        elapsed = max(time.monotonic() - stats.started, 1e-9)
+        self.out.print(
+            f"crm-simulator: {reason}; sent {stats.sent} events in {stats.batches} "
+            f"batch{'' if stats.batches == 1 else 'es'} in {elapsed:.1f} s "
+            f"({stats.sent / elapsed:.1f}/s): accepted {stats.accepted}, rejected {stats.rejected}, "
+            f"failed {stats.failed}, retries {stats.retries}"
+            + (f", {stats.discarded} generated but not sent" if stats.discarded else ""),
+            soft_wrap=True, markup=False)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 time with an offset (``Z`` allowed)."""
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {value!r} (e.g. 2026-01-01T08:00:00Z)") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} needs a time zone offset, e.g. Z or +08:00")
+    return parsed
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def convert(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, not {value}")
+        return number
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``crm-simulator`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="crm-simulator",
+        description="Post simulated multi-channel customer journeys (web, shop, calls, email, surveys, "
+                    "tickets) to the CRM collector at a steady rate.")
+    p.add_argument("--collector", default=os.environ.get("CRM_COLLECTOR_URL", DEFAULT_COLLECTOR),
+                   help="collector base URL (default: $CRM_COLLECTOR_URL or %(default)s)")
+    p.add_argument("--rate", type=_positive(float), default=50.0, metavar="EVENTS_PER_SECOND",
+                   help="events posted per second (default: %(default)s)")
+    p.add_argument("--customers", type=_positive(int), default=200, metavar="N",
+                   help="customers simulated per round (default: %(default)s)")
+    p.add_argument("--duration", type=_positive(float), metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--max-events", type=_positive(int), metavar="N", help="stop after sending N events")
+    p.add_argument("--seed", type=int, default=1,
+                   help="random seed; the same seed re-sends the same event ids (default: %(default)s)")
+    p.add_argument("--batch", type=_positive(int), default=50, metavar="N",
+                   help="events per POST (default: %(default)s)")
+    p.add_argument("--start", type=parse_time, metavar="RFC3339",
+                   help="time of the earliest simulated event (default: now minus 7 days); give it for "
+                        "re-runs that repeat the same times too")
+    p.add_argument("--loop", action="store_true",
+                   help="after all customers, continue with new customers until --duration/--max-events/Ctrl-C")
+    p.add_argument("--quiet", action="store_true", help="no progress display; only problems and the summary")
+    return p
+
+
+def journey_events(seed: int, customers: int, start: datetime | None, loop: bool,
+                   now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Iterator[dict[str, Any]]:
+    """The events to send: one round of ``customers`` customers, or endless rounds of new ones with ``loop``."""
+    rounds = itertools.count() if loop else range(1)
+    for n in rounds:
+        # each round keeps its journeys in the last week unless the user fixed the start
+        round_start = start if start is not None else now() - timedelta(days=7)
+        yield from JourneyGenerator(seed, round_start).stream(customers, first_index=n * customers)
+
+
+def run(argv: list[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> None:
+    """Entry point of the ``crm-simulator`` console script; exits 0 when every sent event was accepted.
+
+    ``transport`` replaces the network in tests (an ``httpx.MockTransport``).
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        events_url(args.collector)
+    except ValueError as exc:
+        build_parser().error(str(exc))
+
+    stop = Stopper()
+    signals: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.append(signal.Signals(signum).name)
+        stop.set()
+        # a second Ctrl-C means "now": fall back to the default handler
+        signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    reporter = Reporter(target_rate=args.rate, collector=args.collector, quiet=args.quiet,
+                        live=sys.stdout.isatty())
+    # trust_env=False: no proxy from the environment, so requests only ever go to the given collector
+    client = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False, follow_redirects=False,
+                          headers={"User-Agent": USER_AGENT}, transport=transport)
+    sender = Sender(client, args.collector, wait=stop.wait, on_retry=reporter.retrying)
+    pump = Pump(sender, rate=args.rate, batch_size=args.batch, wait=stop.wait,
+                on_progress=reporter.progress, on_problem=reporter.problem)
+    reason = "done"
+    try:
+        with reporter:
+            stats = pump.run(journey_events(args.seed, args.customers, args.start, args.loop),
+                             max_events=args.max_events, duration=args.duration, stopped=stop.is_set)
+        if signals:
+            reason = f"stopped by {signals[0]}"
+        elif args.max_events is not None and stats.sent + stats.discarded >= args.max_events:
+            reason = "reached --max-events"
+        elif args.duration is not None and time.monotonic() - stats.started >= args.duration:
+            reason = "reached --duration"
+    except KeyboardInterrupt:
+        stats, reason = pump.stats, "interrupted"
+    finally:
+        client.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    reporter.summary(stats, reason=reason)
+    sys.exit(0 if stats.ok else 1)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,64 @@
+"""Shared fixtures. Integration and end-to-end tests get the real stack started by the session."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.processes import REPO, Platform, Stack
+
+TEST_HOME = REPO / ".crm" / "test"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if "integration" in path.parts:
+            item.add_marker(pytest.mark.integration)
+        elif "e2e" in path.parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """The project's own Kafka broker and PostgreSQL on test ports, fresh for the session."""
+    kafka_port = os.environ.get("CRM_TEST_KAFKA_PORT", "19092")
+    env = {
+        **os.environ,
+        "CRM_HOME": str(TEST_HOME),
+        "CRM_KAFKA_PORT": kafka_port,
+        "CRM_KAFKA_CONTROLLER_PORT": os.environ.get("CRM_TEST_KAFKA_CONTROLLER_PORT", "19093"),
+        "CRM_PG_PORT": os.environ.get("CRM_TEST_PG_PORT", "15432"),
+        "CRM_PARTITIONS": "4",
+        "CRM_PYTHON": str(REPO / ".venv" / "bin" / "python"),
+    }
+    env.pop("CRM_PG_DSN", None)
+    st = Stack(env=env, kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+               pg_admin_dsn=f"postgresql://crm@127.0.0.1:{env['CRM_PG_PORT']}/crm", home=TEST_HOME)
+    env["CRM_KAFKA_BOOTSTRAP"] = st.kafka_bootstrap
+    # a fresh log each session: stop a leftover broker, drop its data (the jars stay)
+    st.script("kafka.sh", "stop", check=False)
+    shutil.rmtree(TEST_HOME / "kafka" / "data", ignore_errors=True)
+    st.script("postgres.sh", "start")
+    st.script("kafka.sh", "start")
+    yield st
+    if os.environ.get("CRM_TEST_KEEP_STACK") != "1":
+        st.script("kafka.sh", "stop", check=False)
+        st.script("postgres.sh", "stop", check=False)
+
+
+@pytest.fixture
+def platform(stack: Stack, request) -> Platform:
+    """A fresh database and consumer group, and a way to start services against them."""
+    log_dir = TEST_HOME / "logs" / request.node.name[:60]
+    plat = Platform(stack, stack.new_database(), log_dir)
+    yield plat
+    plat.stop_all()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]

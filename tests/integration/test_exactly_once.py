@@ -1,0 +1,82 @@
+"""Exactly-once effects on the real broker and database: a kill -9 in the middle of the stream,
+redelivered duplicates, and two workers sharing the partitions all leave the read model equal to
+the reference fold of the accepted events, event for event."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import orjson
+import psycopg2
+import psycopg2.extras
+
+from events.envelope import event_key
+from services.simulator.journeys import JourneyGenerator
+from tests.integration.test_processors import publish
+from tests.processes import wait_for
+from tests.reference import reference_views
+
+
+def journeys(unique: str, customers: int) -> list[dict]:
+    gen = JourneyGenerator(seed=int(unique[:8], 16), start=datetime(2026, 10, 1, tzinfo=timezone.utc))
+    return list(gen.stream(customers))
+
+
+def applied(dsn: str, keys: list[str]) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM customer_timeline WHERE event_key = ANY(%s)", (keys,))
+        return cur.fetchone()[0]
+
+
+def differences(dsn: str, reference: dict[str, dict]) -> list[str]:
+    """How the read model differs from the reference, customer by customer (empty when equal)."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        psycopg2.extras.register_default_jsonb(cur, loads=orjson.loads)
+        cur.execute("SELECT customer_id, state FROM customer_view WHERE customer_id = ANY(%s)", (list(reference),))
+        stored = dict(cur.fetchall())
+        cur.execute("SELECT customer_id, count(*) FROM customer_timeline WHERE customer_id = ANY(%s) GROUP BY 1",
+                    (list(reference),))
+        timeline = dict(cur.fetchall())
+    out = []
+    for cid, view in reference.items():
+        if stored.get(cid) != view:
+            got = stored.get(cid)
+            out.append(f"{cid}: expected {view['event_count']} events, read model has "
+                       f"{got['event_count'] if got else 'no view'}")
+        elif timeline.get(cid) != view["event_count"]:
+            out.append(f"{cid}: timeline has {timeline.get(cid)} rows for {view['event_count']} events")
+    return out
+
+
+def assert_equals_reference(dsn: str, events: list[dict], timeout: float = 120) -> None:
+    reference = reference_views(events)
+    keys = sorted({event_key(e["source"], e["id"]) for e in events})
+    wait_for(lambda: applied(dsn, keys) == len(keys), timeout, f"{len(keys)} events applied")
+    try:
+        wait_for(lambda: not differences(dsn, reference), 30, "the read model to equal the reference")
+    except AssertionError:
+        diff = differences(dsn, reference)
+        raise AssertionError(f"{len(diff)} customers differ from the reference fold, e.g. {diff[:5]}") from None
+
+
+def test_kill_9_mid_stream_and_redelivered_duplicates_change_nothing(platform, unique):
+    events = journeys(unique, 300)
+    publish(platform.stack.kafka_bootstrap, events)
+    keys = sorted({event_key(e["source"], e["id"]) for e in events})
+
+    worker = platform.processor(CRM_BATCH_SIZE="100")
+    wait_for(lambda: applied(platform.dsn, keys) >= len(keys) // 4, 120, "a quarter of the events applied")
+    worker.kill()  # kill -9, in the middle of the stream
+    done_at_crash = applied(platform.dsn, keys)
+    assert done_at_crash < len(keys), "the crash should land mid-stream; make the stream longer"
+
+    publish(platform.stack.kafka_bootstrap, events[:1000])  # a channel retrying: the same ids again
+    platform.processor(CRM_BATCH_SIZE="100")
+    assert_equals_reference(platform.dsn, events)
+
+
+def test_two_workers_on_four_partitions_give_the_reference_result(platform, unique):
+    events = journeys(unique, 150)
+    platform.processor(CRM_BATCH_SIZE="50")
+    platform.processor(CRM_BATCH_SIZE="50")
+    publish(platform.stack.kafka_bootstrap, events)
+    assert_equals_reference(platform.dsn, events)

@@ -1,0 +1,111 @@
+"""The processors on the real broker and database: both CloudEvents bindings, dead letters,
+merges, and exactly-once effects across a kill -9 in the middle of the stream."""
+from __future__ import annotations
+
+import base64
+
+import orjson
+import psycopg2
+import psycopg2.extras
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from events.kafka_binding import binary_record
+from services.common.topics import DEADLETTER, TOUCHPOINTS
+from tests.processes import wait_for
+from tests.reference import reference_views
+
+
+def producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+
+
+def publish(bootstrap: str, events: list[dict], binary: bool = False) -> None:
+    """Publish as a channel system would, straight to crm.touchpoints."""
+    p = producer(bootstrap)
+    for e in events:
+        key = f"{e['type']}:{e['id']}".encode()
+        if binary:
+            value, headers = binary_record(e)
+            p.send(TOUCHPOINTS, key=key, value=value, headers=headers)
+        else:
+            p.send(TOUCHPOINTS, key=key, value=orjson.dumps(e),
+                   headers=[("content-type", b"application/cloudevents+json")])
+    p.flush()
+    p.close()
+
+
+def query(dsn: str, sql: str, *args):
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        psycopg2.extras.register_default_jsonb(cur, loads=orjson.loads)
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+def customer_of(dsn: str, key: str) -> str | None:
+    rows = query(dsn, "SELECT customer_id FROM customer_view_identifier WHERE key = %s", key)
+    return rows[0][0] if rows else None
+
+
+def page(u: str, n: int, minute: int, **data) -> dict:
+    return {"specversion": "1.0", "id": f"{u}-{n}", "source": "urn:test:web", "type": "web.page_viewed",
+            "time": f"2026-11-01T10:{minute:02d}:00Z", "data": {"url": "https://shop/x", **data}}
+
+
+def test_structured_and_binary_events_fold_into_one_customer(platform, unique):
+    platform.processor()
+    publish(platform.stack.kafka_bootstrap, [page(unique, 1, 0, anonymous_id=f"ck-{unique}")])
+    publish(platform.stack.kafka_bootstrap, [page(unique, 2, 1, anonymous_id=f"ck-{unique}")], binary=True)
+    wait_for(lambda: query(platform.dsn, "SELECT event_count FROM customer_view WHERE customer_id = %s",
+                           customer_of(platform.dsn, f"anonymous_id:ck-{unique}")) == [(2,)], 60, "two events applied")
+
+
+def test_undecodable_and_invalid_records_go_to_the_dead_letter_topic_and_the_rest_goes_on(platform, unique):
+    platform.processor()
+    p = producer(platform.stack.kafka_bootstrap)
+    p.send(TOUCHPOINTS, key=f"junk-{unique}".encode(), value=b"\xff\xfe not json")
+    no_identifier = {"specversion": "1.0", "id": f"{unique}-9", "source": "urn:test:shop", "type": "order.placed",
+                     "data": {"order_id": "o9", "items": [{"sku": "A", "quantity": 1, "unit_price": "1"}]}}
+    p.send(TOUCHPOINTS, key=f"bad-{unique}".encode(), value=orjson.dumps(no_identifier))
+    p.flush()
+    publish(platform.stack.kafka_bootstrap, [page(unique, 1, 0, anonymous_id=f"ck-{unique}")])
+    wait_for(lambda: customer_of(platform.dsn, f"anonymous_id:ck-{unique}"), 60, "the good event applied")
+
+    consumer = KafkaConsumer(bootstrap_servers=platform.stack.kafka_bootstrap, consumer_timeout_ms=3000)
+    parts = [TopicPartition(DEADLETTER, p) for p in consumer.partitions_for_topic(DEADLETTER)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+
+    def dead_letters():
+        return {r.key.decode(): orjson.loads(r.value) for r in consumer
+                if r.key and r.key.decode() in (f"junk-{unique}", f"bad-{unique}")}
+
+    dead = wait_for(lambda: (d := dead_letters()) and len(d) == 2 and d, 30, "two dead letters")
+    junk, bad = dead[f"junk-{unique}"], dead[f"bad-{unique}"]
+    assert junk["kind"] == "undecodable" and junk["stage"] == "identity"
+    assert base64.b64decode(junk["value_b64"]) == b"\xff\xfe not json"
+    assert junk["source"]["topic"] == TOUCHPOINTS and junk["source"]["offset"] >= 0
+    assert bad["kind"] == "schema_violation" and "no customer identifier" in bad["reason"]
+    consumer.close()
+
+
+def test_a_login_merges_two_customers_and_the_alias_still_answers(platform, unique):
+    platform.processor()
+    cookie, account = f"anonymous_id:ck-{unique}", f"account_id:u-{unique}"
+    publish(platform.stack.kafka_bootstrap, [
+        page(unique, 1, 0, anonymous_id=f"ck-{unique}"),
+        {"id": f"{unique}-2", "source": "urn:test:shop", "type": "order.placed", "time": "2026-11-01T10:05:00Z",
+         "data": {"order_id": f"o-{unique}", "account_id": f"u-{unique}",
+                  "items": [{"sku": "A", "quantity": 1, "unit_price": "10"}]}},
+    ])
+    wait_for(lambda: customer_of(platform.dsn, cookie) and customer_of(platform.dsn, account), 60, "two customers")
+    before = customer_of(platform.dsn, account)
+    assert customer_of(platform.dsn, cookie) != before
+    publish(platform.stack.kafka_bootstrap, [page(unique, 3, 10, anonymous_id=f"ck-{unique}", user_id=f"u-{unique}")])
+    wait_for(lambda: customer_of(platform.dsn, account) == customer_of(platform.dsn, cookie), 60, "the merge")
+    survivor = customer_of(platform.dsn, cookie)
+    (state,), = query(platform.dsn, "SELECT state FROM customer_view WHERE customer_id = %s", survivor)
+    assert state["event_count"] == 3 and state["orders"]["count"] == 1
+    assert query(platform.dsn, "SELECT survivor, rule FROM customer_view_alias WHERE alias = %s", before) == \
+        [(survivor, "identifiers shared on one event")]
+    assert query(platform.dsn, "SELECT count(*) FROM customer_view WHERE customer_id = %s", before) == [(0,)]
+    assert query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE customer_id = %s", survivor) == [(3,)]

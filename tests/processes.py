@@ -1,0 +1,155 @@
+"""Real platform processes and infrastructure for the integration and end-to-end tests.
+
+Nothing here is mocked: the stack fixture starts the project's own Kafka broker and PostgreSQL
+(on test ports, under .crm/test, so a running demo is never disturbed) and the services run as
+the same console scripts a user starts.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import psycopg2
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
+    """Poll until ``predicate`` returns something truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except AssertionError:
+            raise
+        except Exception as exc:  # the thing polled may not be up yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    kafka_bootstrap: str
+    pg_admin_dsn: str
+    home: Path
+
+    def new_database(self) -> str:
+        """A fresh, migrated database; returns its DSN."""
+        name = "crm_t_" + uuid.uuid4().hex[:10]
+        conn = psycopg2.connect(self.pg_admin_dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        conn.close()
+        dsn = self.pg_admin_dsn.rsplit("/", 1)[0] + "/" + name
+        from services.common.db import migrate
+
+        migrate(dsn)
+        return dsn
+
+    def script(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(REPO / "deploy" / args[0]), *args[1:]], env=self.env, cwd=REPO,
+                              capture_output=True, text=True, check=check, timeout=300)
+
+
+class Service:
+    """One platform process (e.g. ``crm-processor``) started as a user would start it."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], health_url: str | None, log_dir: Path):
+        self.name, self.argv, self.env, self.health_url = name, argv, env, health_url
+        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> "Service":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        if self.health_url:
+            def healthy() -> bool:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                return httpx.get(self.health_url, timeout=2).status_code == 200
+            wait_for(healthy, timeout, f"{self.name} to be healthy")
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+class Platform:
+    """Starts services wired to the test stack and one database; stops them at the end."""
+
+    def __init__(self, stack: Stack, dsn: str, log_dir: Path):
+        self.stack, self.dsn, self.log_dir = stack, dsn, log_dir
+        self.processor_id = "crm-test-" + uuid.uuid4().hex[:8]
+        self.services: list[Service] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {**self.stack.env, "CRM_PG_DSN": self.dsn, "CRM_KAFKA_BOOTSTRAP": self.stack.kafka_bootstrap,
+               "CRM_PROCESSOR_ID": self.processor_id, "CRM_LOG_JSON": "true", "CRM_BATCH_WITHIN_S": "0.05"}
+        env.update(extra)
+        return env
+
+    def _start(self, name: str, script: str, health: str | None, **env: str) -> Service:
+        svc = Service(name, [str(VENV_BIN / script)], self.env(**env), health, self.log_dir).start()
+        self.services.append(svc)
+        return svc
+
+    def processor(self, **env: str) -> Service:
+        port = free_port()
+        return self._start("processor", "crm-processor", f"http://127.0.0.1:{port}/healthz",
+                           CRM_PROCESSOR_WEB_PORT=str(port), **env)
+
+    def collector(self, **env: str) -> tuple[Service, str]:
+        port = free_port()
+        svc = self._start("ingest", "crm-ingest", f"http://127.0.0.1:{port}/healthz", CRM_INGEST_PORT=str(port), **env)
+        return svc, f"http://127.0.0.1:{port}"
+
+    def api(self, **env: str) -> tuple[Service, str]:
+        port = free_port()
+        svc = self._start("api", "crm-api", f"http://127.0.0.1:{port}/healthz", CRM_API_PORT=str(port), **env)
+        return svc, f"http://127.0.0.1:{port}"
+
+    def stop_all(self) -> None:
+        for svc in reversed(self.services):
+            svc.stop()
