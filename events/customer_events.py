@@ -55,21 +55,24 @@ class CustomerMerged:
     identifier: str
     rule: str
     time: datetime
+    seq: int
+    """Position of the merge in the identity graph's history: later merges win over earlier ones."""
 
     def to_cloudevent(self) -> dict[str, Any]:
         return {
-            "specversion": "1.0", "id": f"merge:{self.alias}:{self.survivor}:{self.event_key}",
+            "specversion": "1.0", "id": f"merge:{self.seq}",
             "source": MARKER_SOURCE, "type": MERGED, "time": self.time.isoformat().replace("+00:00", "Z"),
             "customerid": self.survivor, "datacontenttype": "application/json",
             "data": {"survivor": self.survivor, "alias": self.alias, "event_key": self.event_key,
-                     "event_id": self.event_id, "identifier": self.identifier, "rule": self.rule},
+                     "event_id": self.event_id, "identifier": self.identifier, "rule": self.rule,
+                     "seq": self.seq},
         }
 
     @classmethod
     def from_cloudevent(cls, ce: dict[str, Any]) -> "CustomerMerged":
         d = ce["data"]
         return cls(d["survivor"], d["alias"], d["event_key"], d["event_id"], d["identifier"], d["rule"],
-                   datetime.fromisoformat(ce["time"].replace("Z", "+00:00")))
+                   datetime.fromisoformat(ce["time"].replace("Z", "+00:00")), int(d["seq"]))
 
 
 def resolved_cloudevent(tp: Touchpoint, customer_id: str) -> dict[str, Any]:

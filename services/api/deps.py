@@ -1,6 +1,7 @@
 """Dependencies of the query API routes: settings and a pooled, read-only database connection."""
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Annotated, Iterator
 
@@ -21,13 +22,21 @@ class _Connection(psycopg2.extensions.connection):
 class Database:
     """A small pool of read-only PostgreSQL connections (the API never writes the read model)."""
 
-    def __init__(self, dsn: str, maxconn: int = 8):
+    def __init__(self, dsn: str, maxconn: int = 16):
         self.dsn = dsn
+        # psycopg2's pool raises when exhausted; requests wait for a free connection instead
+        self.slots = threading.BoundedSemaphore(maxconn)
         self.pool = psycopg2.pool.ThreadedConnectionPool(0, maxconn, dsn, application_name="crm-api",
                                                          connect_timeout=5, connection_factory=_Connection)
 
     @contextmanager
     def cursor(self) -> Iterator[psycopg2.extensions.cursor]:
+        with self.slots:
+            with self._cursor() as cur:
+                yield cur
+
+    @contextmanager
+    def _cursor(self) -> Iterator[psycopg2.extensions.cursor]:
         conn = self.pool.getconn()
         try:
             if not conn.ready:

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     # processors
     processor_id: str = "crm-processors"
+    processor_stages: str = Field("identity,view", description="stages this worker runs, comma-separated")
     batch_size: int = 1000
     batch_within_s: float = 0.05
     processor_web_port: int = 6066

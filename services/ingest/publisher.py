@@ -41,6 +41,8 @@ class KafkaPublisher:
             max_request_size=2 * 1024 * 1024,
             retries=3,
             max_block_ms=int(self.ack_timeout_s * 1000),
+            # kafka-python waits 30 s for a first broker by default; a sender should hear 503 sooner
+            bootstrap_timeout_ms=int(self.ack_timeout_s * 1000),
             request_timeout_ms=int(self.ack_timeout_s * 1000),
             max_in_flight_requests_per_connection=5,
             client_id="crm-ingest",

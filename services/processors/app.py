@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 import faust
+import psycopg2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.settings import Settings
@@ -55,12 +56,26 @@ class PositionedApp(faust.App):
             tps = [tp for tp in assigned if tp.topic == topic]
             if not tps:
                 continue
-            stored = await asyncio.get_running_loop().run_in_executor(None, loader)
+            stored = await self._load_positions(topic, loader)
             for tp in tps:
                 if tp.partition in stored:
                     await consumer.seek(tp, stored[tp.partition])
             log.info("partitions positioned from PostgreSQL", extra={
                 "topic": topic, "positions": {tp.partition: stored.get(tp.partition) for tp in sorted(tps)}})
+
+
+    async def _load_positions(self, topic: str, loader) -> dict[int, int]:
+        """The stored positions; waits (with backoff) while PostgreSQL is unreachable rather than
+        resuming from positions it cannot confirm."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, loader)
+            except psycopg2.OperationalError as exc:
+                log.warning("cannot read stored positions, retrying", extra={
+                    "topic": topic, "error": str(exc).strip(), "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
 
 def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) -> PositionedApp:

@@ -70,10 +70,11 @@ class IdentityStage:
         inputs = [IdentityInput(tp.key, tp.id, tp.type, tp.time, tuple(i.key for i in tp.identifiers))
                   for tp in touchpoints]
         result = resolve(snapshot, inputs)
-        self._write(cur, result)
+        seqs = self._write(cur, result)
 
         for m in result.merges:
-            marker = CustomerMerged(m.survivor, m.alias, m.event_key, m.event_id, m.identifier, m.rule, m.time)
+            marker = CustomerMerged(m.survivor, m.alias, m.event_key, m.event_id, m.identifier, m.rule, m.time,
+                                    seqs[(m.alias, m.survivor)])
             outputs.append(Output(CUSTOMER_EVENTS, m.survivor.encode(), orjson.dumps(marker.to_cloudevent()), HEADERS))
         for tp in touchpoints:
             cid = result.assignments[tp.key]
@@ -81,7 +82,8 @@ class IdentityStage:
         return outputs
 
     @staticmethod
-    def _write(cur, result) -> None:
+    def _write(cur, result) -> dict[tuple[str, str], int]:
+        """Write the graph changes; returns the sequence number of each merge (alias, survivor)."""
         if result.identifiers:
             execute_values(cur, """
                 INSERT INTO identity_identifier (key, kind, customer_id, first_seen) VALUES %s
@@ -104,10 +106,15 @@ class IdentityStage:
                 UPDATE identity_customer c SET merged_into = m.survivor
                 FROM (VALUES %s) AS m(alias, survivor)
                 WHERE c.customer_id = m.alias OR c.merged_into = m.alias""", pairs)
-            execute_values(cur, """
+            # ids are drawn under the graph lock, so their order is the order of the merges
+            rows = execute_values(cur, """
                 INSERT INTO identity_merge (survivor, alias, event_key, event_id, identifier, rule, event_time)
-                VALUES %s ON CONFLICT DO NOTHING""",
-                [(m.survivor, m.alias, m.event_key, m.event_id, m.identifier, m.rule, m.time) for m in result.merges])
+                VALUES %s ON CONFLICT (alias, survivor, event_key) DO UPDATE SET rule = EXCLUDED.rule
+                RETURNING alias, survivor, id""",
+                [(m.survivor, m.alias, m.event_key, m.event_id, m.identifier, m.rule, m.time) for m in result.merges],
+                fetch=True)
             for m in result.merges:
                 log.info("customers merged", extra={"survivor": m.survivor, "alias": m.alias, "rule": m.rule,
                                                     "event_id": m.event_id})
+            return {(alias, survivor): seq for alias, survivor, seq in rows}
+        return {}

@@ -105,3 +105,21 @@ def test_clear_errors_for_unknown_customers_and_bad_queries(running):
     assert httpx.get(f"{api}/v1/customers/c_x/timeline", params={"limit": 0}).status_code == 422
     assert "crm_api_requests_total" in httpx.get(f"{api}/metrics").text
     assert httpx.get(f"{api}/openapi.json").json()["info"]["title"] == "CRM query API"
+
+
+def test_many_concurrent_lookups_all_answer(running, unique):
+    """More requests at once than pooled connections: they queue, none fails."""
+    import asyncio
+
+    collector, api = running
+    events, ids = journey(unique)
+    httpx.post(f"{collector}/v1/events", json=events).raise_for_status()
+    wait_for(lambda: httpx.get(f"{api}/v1/customers", params={"email": ids["email"]}).json()["items"], 60, "view")
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+            replies = await asyncio.gather(*(client.get("/v1/customers", params={"email": ids["email"]})
+                                             for _ in range(60)))
+        return [r.status_code for r in replies]
+
+    assert asyncio.run(burst()) == [200] * 60

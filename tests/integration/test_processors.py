@@ -109,3 +109,78 @@ def test_a_login_merges_two_customers_and_the_alias_still_answers(platform, uniq
         [(survivor, "identifiers shared on one event")]
     assert query(platform.dsn, "SELECT count(*) FROM customer_view WHERE customer_id = %s", before) == [(0,)]
     assert query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE customer_id = %s", survivor) == [(3,)]
+
+
+def contact(u: str, n: int, time: str, **ids) -> dict:
+    return {"specversion": "1.0", "id": f"{u}-{n}", "source": "urn:test:crm", "type": "profile.updated",
+            "time": time, "data": {"name": f"Customer {u}", **ids}}
+
+
+def test_late_events_re_anchor_a_customer_and_back_and_the_view_follows(platform, unique):
+    """Arrival order: a contact at 10:50 (email + phone), then one at 10:05 (phone), then one at
+    10:00 (email). Each late event reveals an earlier first contact, so the customer's id moves to
+    the phone's and back to the email's: the view must end where the reference fold says."""
+    from tests.integration.test_exactly_once import assert_equals_reference
+
+    platform.processor()
+    email, phone = f"re.{unique}@example.com", f"+86137{int(unique, 16) % 10**8:08d}"
+    events = [contact(unique, 1, "2026-11-01T10:50:00Z", email=email, phone=phone),
+              contact(unique, 2, "2026-11-01T10:05:00Z", phone=phone),
+              contact(unique, 3, "2026-11-01T10:00:00Z", email=email)]
+    for event in events:  # one at a time, so each is resolved in its own batch
+        publish(platform.stack.kafka_bootstrap, [event])
+        wait_for(lambda: query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE event_id = %s",
+                               event["id"]) == [(1,)], 60, f"{event['id']} applied")
+    assert_equals_reference(platform.dsn, events)
+    survivor = customer_of(platform.dsn, f"email:{email}")
+    assert customer_of(platform.dsn, f"phone:{phone}") == survivor
+    aliases = query(platform.dsn, "SELECT alias FROM customer_view_alias WHERE resolved = %s AND alias <> %s",
+                    survivor, survivor)
+    assert len(aliases) == 1  # the phone-anchored id, which still answers
+
+
+def _marker(seq: int, survivor: str, alias: str) -> dict:
+    from events.customer_events import CustomerMerged
+    from datetime import datetime, timezone
+
+    return CustomerMerged(survivor, alias, f"k{seq}", f"e{seq}", "email:x@example.com", "test",
+                          datetime(2026, 11, 1, tzinfo=timezone.utc), seq).to_cloudevent()
+
+
+def _resolved_event(u: str, n: int, customer: str, identifier: str) -> dict:
+    return {"specversion": "1.0", "id": f"{u}-{n}", "source": "urn:test:direct", "type": "profile.updated",
+            "time": f"2026-11-01T10:0{n}:00Z", "channel": "profile", "customerid": customer,
+            "identifiers": identifier, "data": {"name": f"n{n}"}}
+
+
+def test_a_merge_marker_overtaken_by_a_later_one_changes_nothing(platform, unique):
+    """Markers travel on their survivor's partition, so a later merge can be processed first."""
+    from services.common.topics import CUSTOMER_EVENTS
+
+    platform.processor(CRM_PROCESSOR_STAGES="view")
+    x, y = f"c_x{unique}", f"c_y{unique}"
+    p = producer(platform.stack.kafka_bootstrap)
+    for record in (_resolved_event(unique, 1, x, f"email:x{unique}@example.com"),
+                   _resolved_event(unique, 2, y, f"email:y{unique}@example.com")):
+        p.send(CUSTOMER_EVENTS, key=record["customerid"].encode(), value=orjson.dumps(record))
+    # history: y was merged into x (seq 1), then a re-anchoring merged x into y (seq 2);
+    # they arrive newest first
+    p.send(CUSTOMER_EVENTS, key=y.encode(), value=orjson.dumps(_marker(10**12 + 2, y, x)))
+    p.flush()
+    wait_for(lambda: query(platform.dsn, "SELECT event_count FROM customer_view WHERE customer_id = %s", y) == [(2,)],
+             60, "x merged into y")
+    p.send(CUSTOMER_EVENTS, key=x.encode(), value=orjson.dumps(_marker(10**12 + 1, x, y)))
+    p.flush()
+    p.close()
+    # a sentinel behind the stale marker on the same partition: once it is applied, so is the marker
+    p = producer(platform.stack.kafka_bootstrap)
+    sentinel = _resolved_event(unique, 3, x, f"email:x{unique}@example.com")
+    p.send(CUSTOMER_EVENTS, key=x.encode(), value=orjson.dumps(sentinel))
+    p.flush()
+    p.close()
+    wait_for(lambda: query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE event_id = %s",
+                           sentinel["id"]) == [(1,)], 60, "the sentinel behind the stale marker")
+    assert query(platform.dsn, "SELECT customer_id, event_count FROM customer_view WHERE customer_id IN (%s, %s)",
+                 x, y) == [(y, 3)]
+    assert query(platform.dsn, "SELECT alias, resolved FROM customer_view_alias WHERE alias IN (%s, %s) ORDER BY 1",
+                 x, y) == sorted([(x, y), (y, y)])

@@ -30,6 +30,8 @@ class Graph:
         res = resolve(snap, batch)
         self.identifiers.update(res.identifiers)
         self.anchors.update(res.anchors)
+        for cid in res.anchors:  # an id can become a survivor again when a late event re-anchors it
+            self.merged.pop(cid, None)
         for m in res.merges:
             for k, v in list(self.identifiers.items()):
                 if v.customer_id == m.alias:
@@ -49,7 +51,10 @@ class Graph:
         return {c: frozenset(v) for c, v in out.items()}
 
     def final_customer(self, customer_id: str) -> str:
+        seen = set()
         while customer_id in self.merged:
+            assert customer_id not in seen, f"merge cycle through {customer_id}"
+            seen.add(customer_id)
             customer_id = self.merged[customer_id]
         return customer_id
 

@@ -20,7 +20,7 @@ NOT_FOUND = {404: {"model": Problem, "description": "no such customer"}}
 
 
 def _resolve(cur, customer_id: str) -> str:
-    cur.execute("SELECT survivor FROM customer_view_alias WHERE alias = %s", (customer_id,))
+    cur.execute("SELECT resolved FROM customer_view_alias WHERE alias = %s", (customer_id,))
     row = cur.fetchone()
     return row[0] if row else customer_id
 
@@ -32,7 +32,8 @@ def _load(cur, customer_id: str) -> CustomerOut | None:
     if row is None:
         return None
     state, updated_at = row
-    cur.execute("SELECT alias FROM customer_view_alias WHERE survivor = %s ORDER BY alias", (survivor,))
+    cur.execute("SELECT alias FROM customer_view_alias WHERE resolved = %s AND alias <> %s ORDER BY alias",
+                (survivor, survivor))
     aliases = [r[0] for r in cur.fetchall()]
     return _out(state, updated_at, aliases, requested=customer_id if customer_id != survivor else None)
 

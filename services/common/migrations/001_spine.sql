@@ -57,20 +57,28 @@ CREATE TABLE customer_view_identifier (
 );
 CREATE INDEX customer_view_identifier_customer ON customer_view_identifier (customer_id);
 
+-- What each customer id the identity stage handed out resolves to. One row per id named in a
+-- merge marker, last-writer-wins on the marker's sequence number, so markers arriving out of
+-- order (they travel on different partitions) converge to the identity graph's final state.
 CREATE TABLE customer_view_alias (
     alias       text PRIMARY KEY,
-    survivor    text NOT NULL,
+    survivor    text NOT NULL,                -- the latest marker's word: the id it merged into (itself when live)
+    seq         bigint NOT NULL,              -- that marker's sequence number
+    resolved    text NOT NULL,                -- the live customer at the end of the chain
     event_id    text,
     identifier  text,
     rule        text,
     merged_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX customer_view_alias_survivor ON customer_view_alias (survivor);
+CREATE INDEX customer_view_alias_resolved ON customer_view_alias (resolved);
 
 -- One row per applied event: the timeline, and the exactly-once guard (primary key = source+id).
 CREATE TABLE customer_timeline (
     event_key   text PRIMARY KEY,
-    customer_id text NOT NULL,
+    customer_id text NOT NULL,                -- the live customer that owns the event now
+    origin_customer_id text NOT NULL,         -- the customer the identity stage resolved it to
+    identifiers text[] NOT NULL,
     event_time  timestamptz NOT NULL,
     event_id    text NOT NULL,
     source      text NOT NULL,
@@ -80,3 +88,4 @@ CREATE TABLE customer_timeline (
     data        jsonb NOT NULL
 );
 CREATE INDEX customer_timeline_order ON customer_timeline (customer_id, event_time, event_key);
+CREATE INDEX customer_timeline_origin ON customer_timeline (origin_customer_id);
