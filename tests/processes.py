@@ -68,8 +68,12 @@ class Stack:
         return dsn
 
     def script(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([str(REPO / "deploy" / args[0]), *args[1:]], env=self.env, cwd=REPO,
-                              capture_output=True, text=True, check=check, timeout=300)
+        """Run a deploy script; on failure, say what it printed."""
+        done = subprocess.run([str(REPO / "deploy" / args[0]), *args[1:]], env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        if check and done.returncode != 0:
+            raise AssertionError(f"deploy/{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
 
 
 class Service:
