@@ -41,7 +41,8 @@ def empty(customer_id: str) -> View:
         "contacts": {},
         "first_contact": None,
         "last_contact": None,
-        "orders": {"count": 0, "revenue": {}, "refunded": {}, "first_at": None, "last_at": None},
+        "orders": {"count": 0, "counts": {}, "revenue": {}, "refunded": {}, "refunds": 0,
+                   "first_at": None, "last_at": None},
         "tickets": {},
         "satisfaction": {"answers": 0, "csat": None, "nps": None},
         "consent": {},
@@ -123,10 +124,12 @@ def _apply(view: View, event: CustomerEvent) -> None:
         currency = data.get("currency", "CNY")
         if kind == "order.placed":
             orders["count"] += 1
+            orders["counts"][currency] = orders["counts"].get(currency, 0) + 1
             _add_money(orders["revenue"], currency, data.get("total", 0))
             orders["first_at"] = _min(orders["first_at"], at)
             orders["last_at"] = _max(orders["last_at"], at)
         elif kind == "order.refunded":
+            orders["refunds"] += 1
             _add_money(orders["refunded"], currency, data.get("amount", 0))
     elif kind.startswith("ticket."):
         ticket_id = str(data.get("ticket_id"))
@@ -177,6 +180,9 @@ def merge(survivor: View, alias: View) -> View:
     out["last_contact"] = _newer(out["last_contact"], alias["last_contact"])
     o, a = out["orders"], alias["orders"]
     o["count"] += a["count"]
+    o["refunds"] += a["refunds"]
+    for currency, n in a["counts"].items():
+        o["counts"][currency] = o["counts"].get(currency, 0) + n
     for book in ("revenue", "refunded"):
         for currency, amount in a[book].items():
             _add_money(o[book], currency, amount)
@@ -196,6 +202,19 @@ def merge(survivor: View, alias: View) -> View:
     return out
 
 
+def search_terms(view: View) -> set[str]:
+    """Lower-cased name and company, whole and word by word, for prefix search in any script."""
+    terms: set[str] = set()
+    for trait in ("name", "company"):
+        stamped = view["traits"].get(trait)
+        if stamped and isinstance(stamped["value"], str):
+            text = " ".join(stamped["value"].lower().split())
+            if text:
+                terms.add(text[:200])
+                terms.update(word[:200] for word in text.split(" "))
+    return terms
+
+
 def display_name(view: View) -> str | None:
     """What operators call the customer: the name trait, else the latest email or phone."""
     for trait in ("name", "email", "phone"):
@@ -210,8 +229,11 @@ def summary(view: View) -> dict[str, Any]:
     orders = view["orders"]
     net = {c: format((Decimal(v) - Decimal(orders["refunded"].get(c, "0"))).normalize(), "f")
            for c, v in orders["revenue"].items()}
+    average = {c: format((Decimal(v) / orders["counts"][c]).quantize(Decimal("0.01")), "f")
+               for c, v in orders["revenue"].items() if orders["counts"].get(c)}
     return {
         "display_name": display_name(view),
+        "average_order_value": average,
         "open_tickets": sorted(t for t, v in view["tickets"].items() if v["status"] == "open"),
         "open_complaints": sorted(t for t, v in view["tickets"].items()
                                   if v["status"] == "open" and v.get("kind") == "complaint"),

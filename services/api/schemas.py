@@ -27,7 +27,10 @@ class Contact(BaseModel):
 
 class Orders(BaseModel):
     count: int
+    counts: dict[str, int] = Field(description="orders per currency")
     revenue: dict[str, str] = Field(description="gross order value per currency")
+    average_order_value: dict[str, str] = Field(description="gross order value per order, per currency")
+    refunds: int
     refunded: dict[str, str]
     net_revenue: dict[str, str]
     first_at: str | None
@@ -66,10 +69,28 @@ class CustomerOut(BaseModel):
     event_count: int
     last_event_at: str | None
     updated_at: datetime
+    as_of: datetime | None = Field(None, description="set when the view is as it stood at that time")
 
 
 class CustomerList(BaseModel):
     items: list[CustomerOut]
+    next_cursor: str | None = Field(None, description="for a search: pass as ?cursor= for the next page")
+
+
+class Merge(BaseModel):
+    seq: int = Field(description="position of the merge in the identity graph's history")
+    survivor: str
+    alias: str
+    event_id: str = Field(description="the touchpoint that revealed the link")
+    identifier: str = Field(description="the identifier of the alias that the touchpoint shared")
+    rule: str
+    event_time: datetime
+    current: bool = Field(description="false when a later merge superseded this one (e.g. a re-anchoring)")
+
+
+class Merges(BaseModel):
+    customer_id: str
+    items: list[Merge]
 
 
 class TimelineItem(BaseModel):

@@ -52,6 +52,7 @@ class _Batch:
         self.views: dict[str, customer_view.View] = {}
         self.deleted: set[str] = set()
         self.dirty: set[str] = set()
+        self.stored_terms: dict[str, set[str]] = {}  # search terms of views as loaded
 
     # -- locks and the alias map ------------------------------------------------------------------
     def lock(self, ids) -> None:
@@ -74,7 +75,11 @@ class _Batch:
         missing = sorted(set(ids) - set(self.views) - self.deleted)
         if missing:
             self.cur.execute("SELECT customer_id, state FROM customer_view WHERE customer_id = ANY(%s)", (missing,))
-            self.views.update(dict(self.cur.fetchall()))
+            found = dict(self.cur.fetchall())
+            for cid in missing:
+                if cid in found:
+                    self.views[cid] = found[cid]
+                self.stored_terms.setdefault(cid, customer_view.search_terms(found[cid]) if cid in found else set())
 
     def view(self, cid: str) -> customer_view.View:
         self.load([cid])
@@ -106,6 +111,9 @@ class _Batch:
 
     # -- merge markers ------------------------------------------------------------------------------
     def apply_marker(self, m: CustomerMerged) -> None:
+        self.cur.execute("""INSERT INTO customer_view_merge (seq, survivor, alias, event_id, identifier, rule, event_time)
+                            VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING""",
+                         (m.seq, m.survivor, m.alias, m.event_id, m.identifier, m.rule, m.time))
         rows = self.alias_rows({m.alias, m.survivor})
         alias_row, survivor_row = rows.get(m.alias), rows.get(m.survivor)
         alias_news = alias_row is None or m.seq > alias_row.seq
@@ -211,6 +219,8 @@ class _Batch:
     def save(self) -> None:
         if self.deleted:
             self.cur.execute("DELETE FROM customer_view WHERE customer_id = ANY(%s)", (sorted(self.deleted),))
+            self.cur.execute("DELETE FROM customer_view_search WHERE customer_id = ANY(%s)", (sorted(self.deleted),))
+        self._save_terms()
         rows = []
         for cid in sorted(self.dirty):
             view = self.views[cid]
@@ -225,6 +235,19 @@ class _Batch:
                     first_seen_at = EXCLUDED.first_seen_at, last_event_at = EXCLUDED.last_event_at,
                     updated_at = now()""",
                 rows, template="(%s, %s::jsonb, %s, %s, %s, %s)", page_size=1000)
+
+
+    def _save_terms(self) -> None:
+        """Rewrite the search terms of the customers whose name or company changed."""
+        changed = {cid: customer_view.search_terms(self.views[cid]) for cid in self.dirty}
+        changed = {cid: terms for cid, terms in changed.items() if terms != self.stored_terms.get(cid)}
+        if not changed:
+            return
+        self.cur.execute("DELETE FROM customer_view_search WHERE customer_id = ANY(%s)", (sorted(changed),))
+        rows = sorted((term, cid) for cid, terms in changed.items() for term in terms)
+        if rows:
+            execute_values(self.cur, "INSERT INTO customer_view_search (term, customer_id) VALUES %s "
+                                     "ON CONFLICT DO NOTHING", rows, page_size=1000)
 
 
 class ViewStage:

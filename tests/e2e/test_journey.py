@@ -2,17 +2,8 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from tests.processes import wait_for
-
-
-@pytest.fixture
-def running(platform):
-    _, collector = platform.collector()
-    platform.processor()
-    _, api = platform.api()
-    return collector, api
 
 
 def journey(u: str) -> tuple[list[dict], dict[str, str]]:

@@ -12,7 +12,6 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from events.kafka_binding import binary_record
 from services.common.topics import DEADLETTER, TOUCHPOINTS
 from tests.processes import wait_for
-from tests.reference import reference_views
 
 
 def producer(bootstrap: str) -> KafkaProducer:

@@ -46,7 +46,8 @@ def test_a_journey_folds_into_the_expected_view():
     assert view["traits"]["company"]["value"] == "海尔"
     assert view["orders"]["count"] == 2
     assert view["orders"]["revenue"] == {"CNY": "219.5"}
-    assert view["orders"]["refunded"] == {"CNY": "20"}
+    assert view["orders"]["refunded"] == {"CNY": "20"} and view["orders"]["refunds"] == 1
+    assert view["orders"]["counts"] == {"CNY": 2}
     assert view["contacts"] == {"web": 2, "shop": 3, "phone": 1, "ticket": 3, "survey": 2}
     assert view["first_contact"]["type"] == "web.page_viewed"
     assert view["last_contact"]["type"] == "survey.answered"
@@ -58,6 +59,8 @@ def test_a_journey_folds_into_the_expected_view():
     assert derived["display_name"] == "Wang Fang"
     assert derived["open_tickets"] == ["t2"] and derived["open_complaints"] == []
     assert derived["net_revenue"] == {"CNY": "199.5"}
+    assert derived["average_order_value"] == {"CNY": "109.75"}
+    assert cv.search_terms(view) == {"wang fang", "wang", "fang", "海尔"}
 
 
 def test_a_late_older_update_never_overwrites_a_newer_trait():

@@ -12,7 +12,8 @@ from fastapi import APIRouter, HTTPException, Query
 from events.identifiers import InvalidIdentifier, normalize_lookup
 from projections import customer_view
 from services.api.deps import DatabaseDep, SettingsDep
-from services.api.schemas import CustomerList, CustomerOut, Problem, Timeline, TimelineItem
+from events.customer_events import CustomerEvent
+from services.api.schemas import CustomerList, CustomerOut, Merge, Merges, Problem, Timeline, TimelineItem
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
@@ -25,6 +26,12 @@ def _resolve(cur, customer_id: str) -> str:
     return row[0] if row else customer_id
 
 
+def _aliases(cur, survivor: str) -> list[str]:
+    cur.execute("SELECT alias FROM customer_view_alias WHERE resolved = %s AND alias <> %s ORDER BY alias",
+                (survivor, survivor))
+    return [r[0] for r in cur.fetchall()]
+
+
 def _load(cur, customer_id: str) -> CustomerOut | None:
     survivor = _resolve(cur, customer_id)
     cur.execute("SELECT state, updated_at FROM customer_view WHERE customer_id = %s", (survivor,))
@@ -32,10 +39,22 @@ def _load(cur, customer_id: str) -> CustomerOut | None:
     if row is None:
         return None
     state, updated_at = row
-    cur.execute("SELECT alias FROM customer_view_alias WHERE resolved = %s AND alias <> %s ORDER BY alias",
-                (survivor, survivor))
-    aliases = [r[0] for r in cur.fetchall()]
-    return _out(state, updated_at, aliases, requested=customer_id if customer_id != survivor else None)
+    return _out(state, updated_at, _aliases(cur, survivor), requested=customer_id if customer_id != survivor else None)
+
+
+def _load_as_of(cur, customer_id: str, as_of: datetime) -> CustomerOut | None:
+    """The view as it stood at ``as_of``: the customer's events up to then, folded again."""
+    survivor = _resolve(cur, customer_id)
+    cur.execute("""SELECT event_key, event_id, source, type, event_time, channel, customer_id, identifiers, data
+                   FROM customer_timeline WHERE customer_id = %s AND event_time <= %s""", (survivor, as_of))
+    events = [CustomerEvent(k, i, s, t, tm, ch, c, tuple(ids), d) for k, i, s, t, tm, ch, c, ids, d in cur.fetchall()]
+    if not events:
+        return None
+    state = customer_view.apply_all(customer_view.empty(survivor), events)
+    out = _out(orjson.loads(orjson.dumps(state)), as_of, _aliases(cur, survivor),
+               requested=customer_id if customer_id != survivor else None)
+    out.as_of = as_of
+    return out
 
 
 def _out(state: dict[str, Any], updated_at: datetime, aliases: list[str], requested: str | None) -> CustomerOut:
@@ -45,7 +64,8 @@ def _out(state: dict[str, Any], updated_at: datetime, aliases: list[str], reques
         display_name=derived["display_name"], identities={k: v for k, v in state["identities"].items() if v},
         traits=state["traits"], contacts=state["contacts"], contacts_total=derived["contacts_total"],
         first_contact=state["first_contact"], last_contact=state["last_contact"],
-        orders={**state["orders"], "net_revenue": derived["net_revenue"]},
+        orders={**state["orders"], "net_revenue": derived["net_revenue"],
+                "average_order_value": derived["average_order_value"]},
         tickets=state["tickets"], open_tickets=derived["open_tickets"],
         open_complaints=derived["open_complaints"], satisfaction=state["satisfaction"],
         consent=state["consent"], event_count=state["event_count"], last_event_at=state["last_event_at"],
@@ -60,13 +80,22 @@ def find_customers(
     phone: Annotated[str | None, Query(max_length=64)] = None,
     account_id: Annotated[str | None, Query(max_length=200)] = None,
     anonymous_id: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=100,
+                                   description="prefix of a name or company, or of one of their words "
+                                               "(any script, case-insensitive)")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> CustomerList:
-    """Find the customer(s) holding an identifier. Values are normalized as on ingest
-    (emails lower-cased, phones to E.164 with the default region)."""
+    """Find customers by an identifier (normalized as on ingest: emails lower-cased, phones to E.164
+    with the default region) or search them by name or company (``q``, paginated)."""
     given = {k: v for k, v in (("email", email), ("phone", phone), ("account_id", account_id),
                                ("anonymous_id", anonymous_id)) if v is not None}
-    if not given:
-        raise HTTPException(400, "give one of: email, phone, account_id, anonymous_id")
+    if not given and q is None:
+        raise HTTPException(400, "give one of: email, phone, account_id, anonymous_id, q")
+    if given and q is not None:
+        raise HTTPException(400, "search by identifier or by q, not both")
+    if q is not None:
+        return _search(db, q, limit, cursor)
     keys = []
     for kind, raw in given.items():
         try:
@@ -83,14 +112,52 @@ def find_customers(
     return CustomerList(items=[found[k] for k in sorted(found)])
 
 
-@router.get("/{customer_id}", response_model=CustomerOut, responses=NOT_FOUND)
-def get_customer(customer_id: str, db: DatabaseDep) -> CustomerOut:
-    """The unified view of one customer; an alias (a merged-away id) answers with the survivor."""
+def _search(db, q: str, limit: int, cursor: str | None) -> CustomerList:
+    term = " ".join(q.lower().split())
+    pattern = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    after = cursor or ""
     with db.cursor() as cur:
-        view = _load(cur, customer_id)
+        cur.execute("""SELECT DISTINCT customer_id FROM customer_view_search
+                       WHERE term LIKE %s AND customer_id > %s ORDER BY customer_id LIMIT %s""",
+                    (pattern, after, limit + 1))
+        ids = [r[0] for r in cur.fetchall()]
+        items = [v for v in (_load(cur, cid) for cid in ids[:limit]) if v is not None]
+    return CustomerList(items=items, next_cursor=ids[limit - 1] if len(ids) > limit else None)
+
+
+@router.get("/{customer_id}", response_model=CustomerOut, responses=NOT_FOUND)
+def get_customer(
+    customer_id: str, db: DatabaseDep,
+    as_of: Annotated[datetime | None, Query(description="RFC 3339 time: the view as it stood then")] = None,
+) -> CustomerOut:
+    """The unified view of one customer; an alias (a merged-away id) answers with the survivor."""
+    if as_of is not None and as_of.tzinfo is None:
+        raise HTTPException(400, "as_of needs a time zone offset, e.g. 2026-11-01T10:00:00Z")
+    with db.cursor() as cur:
+        view = _load(cur, customer_id) if as_of is None else _load_as_of(cur, customer_id, as_of)
     if view is None:
-        raise HTTPException(404, f"no customer {customer_id!r}")
+        raise HTTPException(404, f"no customer {customer_id!r}" + (f" with touchpoints by {as_of.isoformat()}"
+                                                                    if as_of else ""))
     return view
+
+
+@router.get("/{customer_id}/merges", response_model=Merges, responses=NOT_FOUND)
+def get_merges(customer_id: str, db: DatabaseDep) -> Merges:
+    """Every merge that formed this customer: which touchpoint, identifier and rule linked which ids."""
+    with db.cursor() as cur:
+        survivor = _resolve(cur, customer_id)
+        cur.execute("SELECT 1 FROM customer_view WHERE customer_id = %s", (survivor,))
+        if cur.fetchone() is None:
+            raise HTTPException(404, f"no customer {customer_id!r}")
+        ids = [survivor, *_aliases(cur, survivor)]
+        cur.execute("""SELECT m.seq, m.survivor, m.alias, m.event_id, m.identifier, m.rule, m.event_time,
+                              a.seq IS NOT NULL AS current
+                       FROM customer_view_merge m
+                       LEFT JOIN customer_view_alias a ON a.alias = m.alias AND a.seq = m.seq
+                       WHERE m.survivor = ANY(%s) OR m.alias = ANY(%s) ORDER BY m.seq""", (ids, ids))
+        items = [Merge(seq=r[0], survivor=r[1], alias=r[2], event_id=r[3], identifier=r[4], rule=r[5],
+                       event_time=r[6], current=r[7]) for r in cur.fetchall()]
+    return Merges(customer_id=survivor, items=items)
 
 
 def _encode_cursor(time: datetime, key: str) -> str:

@@ -71,6 +71,29 @@ CREATE TABLE customer_view_alias (
     merged_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX customer_view_alias_survivor ON customer_view_alias (survivor);
+
+-- Every merge marker seen, overtaken or not: the explanation of how a customer came together.
+CREATE TABLE customer_view_merge (
+    seq         bigint PRIMARY KEY,
+    survivor    text NOT NULL,
+    alias       text NOT NULL,
+    event_id    text NOT NULL,
+    identifier  text NOT NULL,
+    rule        text NOT NULL,
+    event_time  timestamptz NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX customer_view_merge_survivor ON customer_view_merge (survivor);
+CREATE INDEX customer_view_merge_alias ON customer_view_merge (alias);
+
+-- Search terms (lower-cased name, company and each of their words) for prefix search in any script.
+CREATE TABLE customer_view_search (
+    term        text NOT NULL,
+    customer_id text NOT NULL,
+    PRIMARY KEY (term, customer_id)
+);
+CREATE INDEX customer_view_search_prefix ON customer_view_search (term text_pattern_ops, customer_id);
+CREATE INDEX customer_view_search_customer ON customer_view_search (customer_id);
 CREATE INDEX customer_view_alias_resolved ON customer_view_alias (resolved);
 
 -- One row per applied event: the timeline, and the exactly-once guard (primary key = source+id).
