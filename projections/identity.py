@@ -168,3 +168,136 @@ def _explain(alias: str, survivor: str, keys: set[str], old_customer: dict[str, 
     ev = next((e for e in ordered if anchor.key in e.identifiers), ordered[0])
     return Merge(alias, survivor, ev.event_key, ev.event_id, anchor.key,
                  "earlier first contact re-anchors the customer", ev.time)
+
+
+# --- resolution from the evidence, with guards against over-merging ------------------------------
+
+PRIORITY: tuple[str, ...] = ("account_id", "email", "phone", "anonymous_id")
+"""Identifier kinds, strongest first: when a link must be refused, the event stays with the
+customer of its strongest identifier."""
+
+DEFAULT_LIMITS: dict[str, int] = {"account_id": 1, "email": 5, "phone": 5, "anonymous_id": 100}
+"""At most this many identifiers of a kind on one customer: a family phone or a shared computer
+must not fuse strangers (two accounts never merge; a sixth email is somebody else)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What one touchpoint says about identity: these identifiers are (or, unlinking, are not) one person."""
+
+    event_key: str
+    event_id: str
+    type: str
+    time: datetime
+    identifiers: tuple[str, ...]
+    unlink: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A union the resolver made, or refused, and why."""
+
+    event_key: str
+    event_id: str
+    time: datetime
+    identifier: str       # the identifier that joined (or would have joined) the event's customer
+    rule: str
+    accepted: bool
+
+
+@dataclass
+class Partition:
+    """Customers as sets of identifiers, each event's customer, and the links made or refused."""
+
+    customer_of: dict[str, str]             # identifier key -> customer id
+    event_customer: dict[str, str]          # event key -> customer id
+    anchors: dict[str, Anchor]              # customer id -> its anchor
+    first_seen: dict[str, datetime]         # identifier key -> earliest evidence time
+    links: list[Link]
+
+
+def _kind(key: str) -> str:
+    return key.partition(":")[0]
+
+
+def _priority(key: str) -> tuple[int, str]:
+    kind = _kind(key)
+    return (PRIORITY.index(kind) if kind in PRIORITY else len(PRIORITY), key)
+
+
+def resolve_evidence(evidence: list[Evidence], limits: dict[str, int] | None = None) -> Partition:
+    """Partition identifiers into customers from the whole evidence of a component; pure.
+
+    Links are considered in event-time order (ties by event key), so the result depends only on
+    the set of evidence, never on the order it arrived in. A link is refused when the joined
+    customer would hold more identifiers of a kind than its limit, or when an ``identity.unlinked``
+    says two of the identifiers are different people; the event then stays with the customer of its
+    highest-priority identifier.
+    """
+    limits = {**DEFAULT_LIMITS, **(limits or {})}
+    forbidden: dict[str, set[str]] = {}
+    for ev in evidence:
+        if ev.unlink:
+            for a in ev.identifiers:
+                for b in ev.identifiers:
+                    if a != b:
+                        forbidden.setdefault(a, set()).add(b)
+    first_seen: dict[str, datetime] = {}
+    for ev in evidence:
+        for key in ev.identifiers:
+            if key not in first_seen or ev.time < first_seen[key]:
+                first_seen[key] = ev.time
+
+    uf = _UnionFind()
+    members: dict[str, set[str]] = {}
+
+    def cluster(key: str) -> str:
+        root = uf.find(key)
+        members.setdefault(root, {key})
+        return root
+
+    def refusal(a: str, b: str) -> str | None:
+        ma, mb = members[a], members[b]
+        for kind, limit in limits.items():
+            if sum(1 for k in ma if _kind(k) == kind) + sum(1 for k in mb if _kind(k) == kind) > limit:
+                return f"refused: at most {limit} {kind} per customer"
+        small, large = (ma, mb) if len(ma) <= len(mb) else (mb, ma)
+        for key in small:
+            if forbidden.get(key, set()) & large:
+                return "refused: explicitly unlinked"
+        return None
+
+    links: list[Link] = []
+    home: dict[str, str] = {}
+    for ev in sorted((e for e in evidence if not e.unlink), key=lambda e: (e.time, e.event_key)):
+        ids = sorted(set(ev.identifiers), key=_priority)
+        head = cluster(ids[0])
+        for key in ids[1:]:
+            other = cluster(key)
+            head = cluster(ids[0])
+            if other == head:
+                continue
+            reason = refusal(head, other)
+            rule = "explicit identity.linked" if ev.type == "identity.linked" else "identifiers shared on one event"
+            links.append(Link(ev.event_key, ev.event_id, ev.time, key, reason or rule, reason is None))
+            if reason is None:
+                joined = members.pop(head) | members.pop(other)
+                uf.union(head, other)
+                members[uf.find(head)] = joined
+        home[ev.event_key] = ids[0]
+    for ev in evidence:
+        for key in ev.identifiers:
+            cluster(key)
+
+    anchors: dict[str, Anchor] = {}
+    root_customer: dict[str, str] = {}
+    for root, keys in members.items():
+        anchor = min((Anchor(first_seen[k], k) for k in keys), key=Anchor.sort_key)
+        root_customer[root] = customer_id_for(anchor.key)
+        anchors[root_customer[root]] = anchor
+    customer_of = {k: root_customer[uf.find(k)] for k in first_seen}
+    event_customer = {key: customer_of[ident] for key, ident in home.items()}
+    for ev in evidence:
+        if ev.unlink:
+            event_customer[ev.event_key] = customer_of[sorted(ev.identifiers, key=_priority)[0]]
+    return Partition(customer_of, event_customer, anchors, first_seen, links)
