@@ -160,8 +160,14 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
             continue
         if ident not in found:
             found.append(ident)
-    refs = getattr(data, "identifiers", None)
-    if refs and event_type.name == "identity.linked":
+    refs = getattr(data, "identifiers", None) or []
+    if event_type.name == "identity.unlinked":
+        # Any two identifiers on one event are linked, so an unlink names only its first here and
+        # lands on that customer's timeline; the pair is evidence for the guarded resolver.
+        refs = refs[:1]
+    elif event_type.name != "identity.linked":
+        refs = []
+    if refs:
         for i, ref in enumerate(refs):
             try:
                 ident = normalize(ref.kind, ref.value, default_region)

@@ -60,8 +60,6 @@ def normalize(kind: str, raw: object, default_region: str = "CN") -> Identifier:
         value = value.lower()
         if len(value) > 254 or not _EMAIL.match(value):
             raise InvalidIdentifier(f"email {raw!r} is not an email address")
-        if value in BLOCKED_VALUES:
-            raise InvalidIdentifier(f"email {value!r} is a blocked placeholder value")
         return Identifier("email", value)
     if kind == "phone":
         try:
@@ -79,7 +77,3 @@ def normalize(kind: str, raw: object, default_region: str = "CN") -> Identifier:
         return Identifier(kind, value)
     raise InvalidIdentifier(f"unknown identifier kind {kind!r}")
 
-
-def normalize_lookup(kind: str, raw: str, default_region: str = "CN") -> Identifier:
-    """Normalize a value given in a query (same rules as for events)."""
-    return normalize(kind, raw, default_region)

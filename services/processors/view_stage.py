@@ -26,6 +26,7 @@ from psycopg2.extras import execute_values
 from events.customer_events import CustomerEvent, CustomerMerged, decode
 from projections import customer_view
 from projections.timeline import summarize
+from services.common.timeline import EVENT_COLUMNS, to_event
 from services.common.topics import CUSTOMER_EVENTS
 from services.processors.records import Output, Record, deadletter
 
@@ -98,11 +99,12 @@ class _Batch:
 
     def refold(self, owners: set[str]) -> None:
         """Rebuild these customers' views from their timeline rows."""
-        self.cur.execute("""SELECT event_key, event_id, source, type, event_time, channel, customer_id, identifiers, data
-                            FROM customer_timeline WHERE customer_id = ANY(%s)""", (sorted(owners),))
+        self.cur.execute(f"SELECT {EVENT_COLUMNS} FROM customer_timeline WHERE customer_id = ANY(%s)",
+                         (sorted(owners),))
         events: dict[str, list[CustomerEvent]] = defaultdict(list)
-        for key, eid, source, type_, time, channel, owner, identifiers, data in self.cur.fetchall():
-            events[owner].append(CustomerEvent(key, eid, source, type_, time, channel, owner, tuple(identifiers), data))
+        for row in self.cur.fetchall():
+            event = to_event(row)
+            events[event.customer_id].append(event)
         for owner in owners:
             if events.get(owner):
                 self.set_view(owner, customer_view.apply_all(customer_view.empty(owner), events[owner]))
@@ -125,15 +127,13 @@ class _Batch:
         if alias_news and survivor_news and alias_live and survivor_live:
             self._merge_live(m)
         else:
-            self._rewire(m, rows, alias_news, survivor_news)
+            self._rewire(m, alias_news, survivor_news)
 
     def _write_alias(self, cid: str, survivor: str, m: CustomerMerged) -> None:
         self.cur.execute("""
-            INSERT INTO customer_view_alias (alias, survivor, seq, resolved, event_id, identifier, rule)
-            VALUES (%s, %s, %s, %s, %s, %s, %s)
+            INSERT INTO customer_view_alias (alias, survivor, seq, resolved) VALUES (%s, %s, %s, %s)
             ON CONFLICT (alias) DO UPDATE SET survivor = EXCLUDED.survivor, seq = EXCLUDED.seq,
-                event_id = EXCLUDED.event_id, identifier = EXCLUDED.identifier, rule = EXCLUDED.rule,
-                merged_at = now()""", (cid, survivor, m.seq, survivor, m.event_id, m.identifier, m.rule))
+                merged_at = now()""", (cid, survivor, m.seq, survivor))
 
     def _merge_live(self, m: CustomerMerged) -> None:
         """Two live customers: fold the alias's view into the survivor's (exact: the fold is commutative)."""
@@ -151,7 +151,7 @@ class _Batch:
         self.cur.execute("UPDATE customer_view_identifier SET customer_id = %s WHERE customer_id = %s",
                          (survivor, alias))
 
-    def _rewire(self, m: CustomerMerged, rows: dict[str, _AliasRow], alias_news: bool, survivor_news: bool) -> None:
+    def _rewire(self, m: CustomerMerged, alias_news: bool, survivor_news: bool) -> None:
         """The general case: update the map, re-resolve every id whose chain runs through these two,
         move their timeline rows and re-fold the customers that gained or lost events."""
         if alias_news:
@@ -177,9 +177,8 @@ class _Batch:
                              (after[cid], cid))
         self.views = {c: v for c, v in self.views.items() if c not in owners}
         self.refold(owners)
-        for owner in owners:
-            if owner in self.views:
-                self._own_identifiers(owner, self.views[owner])
+        self.upsert_identifiers({f"{kind}:{value}": owner for owner in owners if owner in self.views
+                                 for kind, values in self.views[owner]["identities"].items() for value in values})
         log.info("customer ids rewired", extra={"survivor": m.survivor, "alias": m.alias, "seq": m.seq,
                                                 "customers_refolded": len(owners)})
 
@@ -208,12 +207,13 @@ class _Batch:
             seen.add(cid)
             cid = row.survivor
 
-    def _own_identifiers(self, owner: str, view: customer_view.View) -> None:
-        keys = [(f"{kind}:{value}", kind, owner) for kind, values in view["identities"].items() for value in values]
-        if keys:
+    def upsert_identifiers(self, owner_of: dict[str, str]) -> None:
+        """Point these identifier keys at their customers."""
+        if owner_of:
             execute_values(self.cur, """
                 INSERT INTO customer_view_identifier (key, kind, customer_id) VALUES %s
-                ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id""", sorted(keys), page_size=1000)
+                ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id""",
+                sorted((key, key.partition(":")[0], cid) for key, cid in owner_of.items()), page_size=1000)
 
     # -- writing ------------------------------------------------------------------------------------
     def save(self) -> None:
@@ -235,7 +235,6 @@ class _Batch:
                     first_seen_at = EXCLUDED.first_seen_at, last_event_at = EXCLUDED.last_event_at,
                     updated_at = now()""",
                 rows, template="(%s, %s::jsonb, %s, %s, %s, %s)", page_size=1000)
-
 
     def _save_terms(self) -> None:
         """Rewrite the search terms of the customers whose name or company changed."""
@@ -279,16 +278,16 @@ class ViewStage:
                 break
         for m in sorted(markers, key=lambda m: m.seq):
             batch.apply_marker(m)
-        self._apply_events(batch, events)
+        # markers may have moved ids; without them the resolution above still holds
+        self._apply_events(batch, events, batch.resolved(ids) if markers else resolved)
         batch.save()
         return outputs
 
     @staticmethod
-    def _apply_events(batch: _Batch, events: list[CustomerEvent]) -> None:
+    def _apply_events(batch: _Batch, events: list[CustomerEvent], owner: dict[str, str]) -> None:
         if not events:
             return
-        owner = batch.resolved({e.customer_id for e in events})
-        batch.lock(owner.values())
+        batch.lock(owner[e.customer_id] for e in events)
         rows = {}
         for e in events:
             rows.setdefault(e.key, (e.key, owner[e.customer_id], e.customer_id, list(e.identifiers), e.time, e.id,
@@ -306,14 +305,9 @@ class ViewStage:
             if e.key in fresh:
                 by_customer[owner[e.customer_id]].append(e)
                 fresh.discard(e.key)  # a key twice in one batch applies once
+        batch.load(by_customer)  # one query for every customer of the batch
         identifiers = {}
         for cid, evs in by_customer.items():
             batch.set_view(cid, customer_view.apply_all(batch.view(cid), evs))
-            for e in evs:
-                for key in e.identifiers:
-                    identifiers[key] = (key, key.partition(":")[0], cid)
-        if identifiers:
-            execute_values(batch.cur, """
-                INSERT INTO customer_view_identifier (key, kind, customer_id) VALUES %s
-                ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id""",
-                sorted(identifiers.values()), page_size=1000)
+            identifiers.update({key: cid for e in evs for key in e.identifiers})
+        batch.upsert_identifiers(identifiers)

@@ -104,7 +104,8 @@ def test_a_login_merges_two_customers_and_the_alias_still_answers(platform, uniq
     survivor = customer_of(platform.dsn, cookie)
     (state,), = query(platform.dsn, "SELECT state FROM customer_view WHERE customer_id = %s", survivor)
     assert state["event_count"] == 3 and state["orders"]["count"] == 1
-    assert query(platform.dsn, "SELECT survivor, rule FROM customer_view_alias WHERE alias = %s", before) == \
+    assert query(platform.dsn, """SELECT a.survivor, m.rule FROM customer_view_alias a
+                                  JOIN customer_view_merge m USING (seq) WHERE a.alias = %s""", before) == \
         [(survivor, "identifiers shared on one event")]
     assert query(platform.dsn, "SELECT count(*) FROM customer_view WHERE customer_id = %s", before) == [(0,)]
     assert query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE customer_id = %s", survivor) == [(3,)]

@@ -89,6 +89,13 @@ def test_identifier_normalization_and_guards():
             normalize(kind, value, "CN")
 
 
+def test_an_unlink_is_accepted_and_never_links_what_it_names():
+    tp = validate({"id": "u-1", "source": "urn:crm:ops", "type": "identity.unlinked",
+                   "data": {"identifiers": [{"kind": "email", "value": "a@x.com"},
+                                            {"kind": "phone", "value": "13800138000"}]}}, received_at=NOW)
+    assert [i.key for i in tp.identifiers] == ["email:a@x.com"]
+
+
 def test_invalid_identifiers_are_reported_not_guessed():
     tp = validate(order(data={"order_id": "o1", "account_id": "u1", "phone": "123",
                               "items": [{"sku": "x", "quantity": 1, "unit_price": "1"}]}), received_at=NOW)

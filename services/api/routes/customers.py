@@ -9,11 +9,11 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, HTTPException, Query
 
-from events.identifiers import InvalidIdentifier, normalize_lookup
+from events.identifiers import InvalidIdentifier, normalize
 from projections import customer_view
 from services.api.deps import DatabaseDep, SettingsDep
-from events.customer_events import CustomerEvent
 from services.api.schemas import CustomerList, CustomerOut, Merge, Merges, Problem, Timeline, TimelineItem
+from services.common.timeline import EVENT_COLUMNS, to_event
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
@@ -32,22 +32,36 @@ def _aliases(cur, survivor: str) -> list[str]:
     return [r[0] for r in cur.fetchall()]
 
 
+def _load_many(cur, customer_ids: list[str]) -> list[CustomerOut]:
+    """The views of these customers (aliases answered by their survivor), by customer id, in two queries."""
+    cur.execute("""SELECT v.customer_id, v.state, v.updated_at FROM customer_view v
+                   WHERE v.customer_id IN (SELECT coalesce(a.resolved, x) FROM unnest(%s::text[]) AS x
+                                           LEFT JOIN customer_view_alias a ON a.alias = x)
+                   ORDER BY v.customer_id""", (customer_ids,))
+    rows = cur.fetchall()
+    cur.execute("""SELECT resolved, alias FROM customer_view_alias
+                   WHERE resolved = ANY(%s) AND alias <> resolved ORDER BY alias""", ([r[0] for r in rows],))
+    aliases: dict[str, list[str]] = {}
+    for survivor, alias in cur.fetchall():
+        aliases.setdefault(survivor, []).append(alias)
+    return [_out(state, updated_at, aliases.get(cid, []), requested=None) for cid, state, updated_at in rows]
+
+
 def _load(cur, customer_id: str) -> CustomerOut | None:
-    survivor = _resolve(cur, customer_id)
-    cur.execute("SELECT state, updated_at FROM customer_view WHERE customer_id = %s", (survivor,))
-    row = cur.fetchone()
-    if row is None:
+    found = _load_many(cur, [customer_id])
+    if not found:
         return None
-    state, updated_at = row
-    return _out(state, updated_at, _aliases(cur, survivor), requested=customer_id if customer_id != survivor else None)
+    view = found[0]
+    view.requested_id = customer_id if customer_id != view.customer_id else None
+    return view
 
 
 def _load_as_of(cur, customer_id: str, as_of: datetime) -> CustomerOut | None:
     """The view as it stood at ``as_of``: the customer's events up to then, folded again."""
     survivor = _resolve(cur, customer_id)
-    cur.execute("""SELECT event_key, event_id, source, type, event_time, channel, customer_id, identifiers, data
-                   FROM customer_timeline WHERE customer_id = %s AND event_time <= %s""", (survivor, as_of))
-    events = [CustomerEvent(k, i, s, t, tm, ch, c, tuple(ids), d) for k, i, s, t, tm, ch, c, ids, d in cur.fetchall()]
+    cur.execute(f"SELECT {EVENT_COLUMNS} FROM customer_timeline WHERE customer_id = %s AND event_time <= %s",
+                (survivor, as_of))
+    events = [to_event(row) for row in cur.fetchall()]
     if not events:
         return None
     state = customer_view.apply_all(customer_view.empty(survivor), events)
@@ -99,17 +113,12 @@ def find_customers(
     keys = []
     for kind, raw in given.items():
         try:
-            keys.append(normalize_lookup(kind, raw, settings.default_region).key)
+            keys.append(normalize(kind, raw, settings.default_region).key)
         except InvalidIdentifier as exc:
             raise HTTPException(400, f"{kind}: {exc}") from None
     with db.cursor() as cur:
         cur.execute("SELECT DISTINCT customer_id FROM customer_view_identifier WHERE key = ANY(%s)", (keys,))
-        found: dict[str, CustomerOut] = {}
-        for (cid,) in cur.fetchall():
-            view = _load(cur, cid)
-            if view is not None:
-                found[view.customer_id] = view
-    return CustomerList(items=[found[k] for k in sorted(found)])
+        return CustomerList(items=_load_many(cur, [r[0] for r in cur.fetchall()]))
 
 
 def _search(db, q: str, limit: int, cursor: str | None) -> CustomerList:
@@ -121,7 +130,7 @@ def _search(db, q: str, limit: int, cursor: str | None) -> CustomerList:
                        WHERE term LIKE %s AND customer_id > %s ORDER BY customer_id LIMIT %s""",
                     (pattern, after, limit + 1))
         ids = [r[0] for r in cur.fetchall()]
-        items = [v for v in (_load(cur, cid) for cid in ids[:limit]) if v is not None]
+        items = _load_many(cur, ids[:limit])
     return CustomerList(items=items, next_cursor=ids[limit - 1] if len(ids) > limit else None)
 
 

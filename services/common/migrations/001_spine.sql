@@ -65,14 +65,13 @@ CREATE TABLE customer_view_alias (
     survivor    text NOT NULL,                -- the latest marker's word: the id it merged into (itself when live)
     seq         bigint NOT NULL,              -- that marker's sequence number
     resolved    text NOT NULL,                -- the live customer at the end of the chain
-    event_id    text,
-    identifier  text,
-    rule        text,
     merged_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX customer_view_alias_survivor ON customer_view_alias (survivor);
+CREATE INDEX customer_view_alias_resolved ON customer_view_alias (resolved);
 
--- Every merge marker seen, overtaken or not: the explanation of how a customer came together.
+-- Every merge marker seen, overtaken or not: the explanation of how a customer came together
+-- (an alias row's seq names the merge that set it).
 CREATE TABLE customer_view_merge (
     seq         bigint PRIMARY KEY,
     survivor    text NOT NULL,
@@ -94,7 +93,6 @@ CREATE TABLE customer_view_search (
 );
 CREATE INDEX customer_view_search_prefix ON customer_view_search (term text_pattern_ops, customer_id);
 CREATE INDEX customer_view_search_customer ON customer_view_search (customer_id);
-CREATE INDEX customer_view_alias_resolved ON customer_view_alias (resolved);
 
 -- One row per applied event: the timeline, and the exactly-once guard (primary key = source+id).
 CREATE TABLE customer_timeline (
