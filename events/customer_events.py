@@ -1,8 +1,16 @@
 """Events on ``crm.customer-events``: resolved touchpoints and identity markers, keyed by customer.
 
 A resolved touchpoint is the touchpoint's CloudEvent plus the extensions ``customerid`` (the
-customer it was resolved to) and ``identifiers`` (its normalized identifier keys, space separated).
-A ``customer.merged`` marker tells projections that ``alias`` now belongs to ``survivor``.
+customer it was resolved to), ``identifiers`` (its normalized identifier keys, space separated),
+``refused`` (those of them that belong to other customers: a guard refused the link, or the event
+is an unlink) and ``identityversion`` (the identity graph's version the resolution is true at).
+
+An identity marker tells projections that ``identifiers`` belong to ``customerid`` as of
+``version``: ``customer.merged`` (every identifier of ``source`` moved: ``source`` is an alias now),
+``customer.unmerged`` (``source`` was split and these identifiers left it) or
+``customer.identified`` (identifiers no event of the batch stated, e.g. one a guard kept apart).
+Projections keep, per identifier, the word of the highest version: that converges to the identity
+graph's final state whatever order markers and events arrive in.
 """
 from __future__ import annotations
 
@@ -15,7 +23,18 @@ import orjson
 from events.envelope import Touchpoint, event_key
 
 MERGED = "customer.merged"
+UNMERGED = "customer.unmerged"
+IDENTIFIED = "customer.identified"
+MARKER_TYPES = (MERGED, UNMERGED, IDENTIFIED)
 MARKER_SOURCE = "urn:crm:identity"
+
+
+def _time(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,59 +50,72 @@ class CustomerEvent:
     customer_id: str
     identifiers: tuple[str, ...]
     data: dict[str, Any]
+    refused: tuple[str, ...] = ()
+    version: int = 0
+
+    @property
+    def linked(self) -> tuple[str, ...]:
+        """The identifiers that belong to this event's customer."""
+        return tuple(k for k in self.identifiers if k not in self.refused)
 
     @classmethod
     def from_cloudevent(cls, ce: dict[str, Any]) -> "CustomerEvent":
-        time = ce["time"]
-        if isinstance(time, str):
-            time = datetime.fromisoformat(time.replace("Z", "+00:00"))
         return cls(
             key=event_key(ce["source"], ce["id"]), id=ce["id"], source=ce["source"], type=ce["type"],
-            time=time, channel=ce.get("channel", ""), customer_id=ce["customerid"],
+            time=_time(ce["time"]), channel=ce.get("channel", ""), customer_id=ce["customerid"],
             identifiers=tuple(ce.get("identifiers", "").split()), data=ce.get("data") or {},
+            refused=tuple(ce.get("refused", "").split()), version=int(ce.get("identityversion", 0)),
         )
 
 
 @dataclass(frozen=True, slots=True)
-class CustomerMerged:
-    """``alias`` was found to be the same person as ``survivor``; explains which event and rule."""
+class IdentityMarker:
+    """``identifiers`` belong to ``customer_id`` as of identity-graph ``version``; says why."""
 
-    survivor: str
-    alias: str
-    event_key: str
-    event_id: str
-    identifier: str
-    rule: str
-    time: datetime
-    seq: int
-    """Position of the merge in the identity graph's history: later merges win over earlier ones."""
+    type: str                      # customer.merged | customer.unmerged | customer.identified
+    customer_id: str               # where the identifiers are now
+    identifiers: tuple[str, ...]
+    version: int
+    source: str | None = None      # merged: the alias; unmerged: the customer that was split
+    seq: int = 0                   # the change's number in the identity graph's log (0: identified)
+    event_key: str = ""
+    event_id: str = ""
+    identifier: str = ""
+    rule: str = ""
+    time: datetime | None = None
 
     def to_cloudevent(self) -> dict[str, Any]:
+        data = {"customer_id": self.customer_id, "identifiers": list(self.identifiers), "version": self.version}
+        if self.type != IDENTIFIED:
+            data.update(source=self.source, seq=self.seq, event_key=self.event_key, event_id=self.event_id,
+                        identifier=self.identifier, rule=self.rule)
         return {
-            "specversion": "1.0", "id": f"merge:{self.seq}",
-            "source": MARKER_SOURCE, "type": MERGED, "time": self.time.isoformat().replace("+00:00", "Z"),
-            "customerid": self.survivor, "datacontenttype": "application/json",
-            "data": {"survivor": self.survivor, "alias": self.alias, "event_key": self.event_key,
-                     "event_id": self.event_id, "identifier": self.identifier, "rule": self.rule,
-                     "seq": self.seq},
+            "specversion": "1.0", "id": f"{self.type}:{self.version}:{self.customer_id}:{self.source or ''}",
+            "source": MARKER_SOURCE, "type": self.type, "time": _iso(self.time) if self.time else None,
+            "customerid": self.customer_id, "datacontenttype": "application/json", "data": data,
         }
 
     @classmethod
-    def from_cloudevent(cls, ce: dict[str, Any]) -> "CustomerMerged":
+    def from_cloudevent(cls, ce: dict[str, Any]) -> "IdentityMarker":
         d = ce["data"]
-        return cls(d["survivor"], d["alias"], d["event_key"], d["event_id"], d["identifier"], d["rule"],
-                   datetime.fromisoformat(ce["time"].replace("Z", "+00:00")), int(d["seq"]))
+        return cls(ce["type"], d["customer_id"], tuple(d["identifiers"]), int(d["version"]), d.get("source"),
+                   int(d.get("seq", 0)), d.get("event_key", ""), d.get("event_id", ""), d.get("identifier", ""),
+                   d.get("rule", ""), _time(ce["time"]) if ce.get("time") else None)
 
 
-def resolved_cloudevent(tp: Touchpoint, customer_id: str) -> dict[str, Any]:
+def resolved_cloudevent(tp: Touchpoint, customer_id: str, refused: tuple[str, ...] = (), version: int = 0
+                        ) -> dict[str, Any]:
     ce = tp.to_cloudevent()
     ce["customerid"] = customer_id
     ce["identifiers"] = " ".join(i.key for i in tp.identifiers)
+    if refused:
+        ce["refused"] = " ".join(refused)
+    ce["identityversion"] = version
     return ce
 
 
-def decode(value: bytes) -> CustomerEvent | CustomerMerged:
+def decode(value: bytes) -> CustomerEvent | IdentityMarker:
     ce = orjson.loads(value)
-    if ce.get("type") == MERGED:
-        return CustomerMerged.from_cloudevent(ce)
+    if ce.get("type") in MARKER_TYPES:
+        return IdentityMarker.from_cloudevent(ce)
     return CustomerEvent.from_cloudevent(ce)

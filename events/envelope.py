@@ -161,11 +161,9 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
         if ident not in found:
             found.append(ident)
     refs = getattr(data, "identifiers", None) or []
-    if event_type.name == "identity.unlinked":
-        # Any two identifiers on one event are linked, so an unlink names only its first here and
-        # lands on that customer's timeline; the pair is evidence for the guarded resolver.
-        refs = refs[:1]
-    elif event_type.name != "identity.linked":
+    if event_type.name not in ("identity.linked", "identity.unlinked"):
+        # an unlink names its identifiers too: the identity stage reads them as "different people"
+        # and puts the event on the customer of the first one
         refs = []
     if refs:
         for i, ref in enumerate(refs):
@@ -224,6 +222,10 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN") -> 
     ext.pop("customerid", None)  # resolved by the platform, never trusted from a sender
 
     identifiers, invalid = extract_identifiers(event_type, data, default_region)
+    if event_type.name in ("identity.linked", "identity.unlinked") and len(identifiers) < 2:
+        verb = "link" if event_type.name == "identity.linked" else "unlink"
+        raise InvalidEvent("schema_violation", [*invalid, FieldError(
+            "data.identifiers", f"an {event_type.name} event needs two different valid identifiers to {verb}")])
     if not identifiers:
         errors = list(invalid) or [FieldError("data", "the event carries no customer identifier "
                                                       "(email, phone, account_id or anonymous_id)")]

@@ -235,8 +235,11 @@ class IdentityLinked(TouchpointData):
 
 
 class IdentityUnlinked(TouchpointData):
+    """The identifiers are different people, pairwise: never link them, by any path."""
+
     identifiers: list[IdentityRef] = Field(min_length=2, max_length=10)
     reason: Str200 = "explicit unlink"
+    operator: Str200 | None = None
 
 
 class ConsentChanged(TouchpointData):

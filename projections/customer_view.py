@@ -19,7 +19,6 @@ from events.customer_events import CustomerEvent
 
 View = dict[str, Any]
 
-IDENTITY_KINDS = ("account_id", "email", "phone", "anonymous_id")
 CONTACT_TYPES = frozenset({
     "email.received", "email.sent", "call.started", "call.answered", "call.ended", "call.abandoned",
     "web.page_viewed", "web.session_started", "order.placed", "order.paid", "order.refunded", "order.shipped",
@@ -36,7 +35,6 @@ def ts(moment: datetime) -> str:
 def empty(customer_id: str) -> View:
     return {
         "customer_id": customer_id,
-        "identities": {k: [] for k in IDENTITY_KINDS},
         "traits": {},
         "contacts": {},
         "first_contact": None,
@@ -97,13 +95,6 @@ def _apply(view: View, event: CustomerEvent) -> None:
     kind = event.type
     view["event_count"] += 1
     view["last_event_at"] = _max(view["last_event_at"], at)
-    for key in event.identifiers:
-        ident_kind, _, value = key.partition(":")
-        values = view["identities"].setdefault(ident_kind, [])
-        if value not in values:
-            values.append(value)
-            values.sort()
-
     if kind in CONTACT_TYPES:
         channel = event.channel
         view["contacts"][channel] = view["contacts"].get(channel, 0) + 1
@@ -111,8 +102,10 @@ def _apply(view: View, event: CustomerEvent) -> None:
         view["first_contact"] = _older(view["first_contact"], contact)
         view["last_contact"] = _newer(view["last_contact"], contact)
 
-    # traits: contact identifiers are traits too (the latest email/phone the customer used)
-    for key in event.identifiers:
+    # traits: contact identifiers are traits too (the latest email/phone the customer used; an
+    # unlink names other people's identifiers after its first). Which identifiers the customer
+    # *owns* is the identity graph's business, not the fold's.
+    for key in (event.identifiers[:1] if kind == "identity.unlinked" else event.identifiers):
         ident_kind, _, value = key.partition(":")
         if ident_kind in ("email", "phone"):
             _set_trait(view, ident_kind, value, at, event)
@@ -170,8 +163,6 @@ def apply(view: View, event: CustomerEvent) -> View:
 def merge(survivor: View, alias: View) -> View:
     """The view of one customer who did everything ``survivor`` and ``alias`` did."""
     out = copy.deepcopy(survivor)
-    for kind, values in alias["identities"].items():
-        out["identities"][kind] = sorted(set(out["identities"].get(kind, [])) | set(values))
     for name, stamped in alias["traits"].items():
         out["traits"][name] = _newer(out["traits"].get(name), stamped)
     for channel, n in alias["contacts"].items():

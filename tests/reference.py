@@ -7,12 +7,26 @@ from datetime import datetime, timezone
 import orjson
 
 from events.customer_events import CustomerEvent, resolved_cloudevent
-from events.envelope import InvalidEvent, validate
+from events.envelope import InvalidEvent, Touchpoint, validate
 from projections import customer_view
-from projections.identity import IdentityInput, Snapshot, resolve
+from projections.identity import Evidence, Partition, event_home, resolve_evidence
 
 
-def reference_views(raw_events: list[dict], default_region: str = "CN") -> dict[str, dict]:
+def reference_partition(touchpoints: list[Touchpoint], limits: dict[str, int] | None = None) -> Partition:
+    """Identity resolved from every event at once: the evidence of the events with two or more
+    identifiers (and of unlinks), and the first sighting of every identifier."""
+    evidence, seen = [], {}
+    for tp in touchpoints:
+        keys = tuple(i.key for i in tp.identifiers)
+        if len(keys) > 1 or tp.type == "identity.unlinked":
+            evidence.append(Evidence(tp.key, tp.id, tp.type, tp.time, keys, tp.type == "identity.unlinked"))
+        for k in keys:
+            seen[k] = min(seen.get(k, tp.time), tp.time)
+    return resolve_evidence(evidence, limits, seen)
+
+
+def reference_views(raw_events: list[dict], default_region: str = "CN",
+                    limits: dict[str, int] | None = None) -> dict[str, dict]:
     """customer_id -> view, for the valid events among ``raw_events`` (each applied once)."""
     touchpoints = {}
     for raw in raw_events:
@@ -21,11 +35,15 @@ def reference_views(raw_events: list[dict], default_region: str = "CN") -> dict[
         except InvalidEvent:
             continue
         touchpoints.setdefault(tp.key, tp)
-    result = resolve(Snapshot(), [IdentityInput(tp.key, tp.id, tp.type, tp.time, tuple(i.key for i in tp.identifiers))
-                                  for tp in touchpoints.values()])
+    partition = reference_partition(list(touchpoints.values()), limits)
     grouped: dict[str, list[CustomerEvent]] = defaultdict(list)
     for tp in touchpoints.values():
-        cid = result.assignments[tp.key]
-        grouped[cid].append(CustomerEvent.from_cloudevent(orjson.loads(orjson.dumps(resolved_cloudevent(tp, cid)))))
+        keys = tuple(i.key for i in tp.identifiers)
+        home = event_home(tp.type, keys)
+        cid = partition.customer_of[home]
+        refused = tuple(k for k in keys if k != home and (tp.type == "identity.unlinked"
+                                                          or partition.customer_of[k] != cid))
+        ce = resolved_cloudevent(tp, cid, refused)
+        grouped[cid].append(CustomerEvent.from_cloudevent(orjson.loads(orjson.dumps(ce))))
     return {cid: orjson.loads(orjson.dumps(customer_view.apply_all(customer_view.empty(cid), evs)))
             for cid, evs in grouped.items()}

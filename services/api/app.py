@@ -1,4 +1,5 @@
-"""The query API: a thin, read-only FastAPI app over the PostgreSQL read models."""
+"""The query API: a thin FastAPI app over the PostgreSQL read models. It never writes them; an
+operator action (unmerge) is published as a touchpoint and takes effect through the processors."""
 from __future__ import annotations
 
 import time
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from services.api.deps import Database
+from services.common.publisher import KafkaPublisher
 from services.api.routes import customers
 from services.common.settings import Settings
 
@@ -20,18 +22,21 @@ LATENCY = Histogram("crm_api_request_seconds", "request latency", ["route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1))
 
 
-def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
-    """The query API wired with its settings and database pool."""
+def create_app(settings: Settings, db: Database | None = None, publisher: KafkaPublisher | None = None) -> FastAPI:
+    """The query API wired with its settings, database pool and publisher (connected on first use)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         app.state.db.close()
+        app.state.publisher.close()
 
     app = FastAPI(title="CRM query API", version="1", lifespan=lifespan,
                   description="The unified customer view and its timeline, read from the projections.")
     app.state.settings = settings
     app.state.db = db or Database(settings.pg_dsn)
+    app.state.publisher = publisher or KafkaPublisher(settings.kafka_bootstrap, client_id="crm-api",
+                                                      ack_timeout_s=settings.kafka_ack_timeout_s)
     app.include_router(customers.router)
 
     @app.middleware("http")

@@ -1,4 +1,5 @@
-"""Dependencies of the query API routes: settings and a pooled, read-only database connection."""
+"""Dependencies of the query API routes: settings, a pooled read-only database connection, and the
+Kafka publisher of operator actions (which are events, never writes to the read model)."""
 from __future__ import annotations
 
 import threading
@@ -10,6 +11,7 @@ import psycopg2.extras
 import psycopg2.pool
 from fastapi import Depends, Request
 
+from services.common.publisher import KafkaPublisher
 from services.common.settings import Settings
 
 
@@ -65,5 +67,10 @@ def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
+def get_publisher(request: Request) -> KafkaPublisher:
+    return request.app.state.publisher
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
+PublisherDep = Annotated[KafkaPublisher, Depends(get_publisher)]

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+
+class IdentifierIn(BaseModel):
+    kind: Literal["account_id", "email", "phone", "anonymous_id"]
+    value: str = Field(min_length=1, max_length=254)
 
 
 class Problem(BaseModel):
@@ -78,14 +83,42 @@ class CustomerList(BaseModel):
 
 
 class Merge(BaseModel):
-    seq: int = Field(description="position of the merge in the identity graph's history")
-    survivor: str
-    alias: str
-    event_id: str = Field(description="the touchpoint that revealed the link")
-    identifier: str = Field(description="the identifier of the alias that the touchpoint shared")
+    seq: int = Field(description="position of the change in the identity graph's history")
+    kind: Literal["merged", "unmerged"] = Field(
+        description="merged: every identifier of `alias` joined `survivor`; unmerged: `alias` was split "
+                    "and `identifiers` left it for `survivor`")
+    survivor: str = Field(description="the customer the identifiers went to")
+    alias: str = Field(description="the customer they came from")
+    identifiers: list[str] = Field(description="the identifiers that moved")
+    event_id: str = Field(description="the touchpoint that caused it (a link, an unlink, an earlier first contact)")
+    identifier: str = Field(description="the identifier the touchpoint named")
     rule: str
     event_time: datetime
-    current: bool = Field(description="false when a later merge superseded this one (e.g. a re-anchoring)")
+    version: int = Field(description="identity-graph version of the change")
+    current: bool = Field(description="false when a later change moved some of these identifiers again")
+
+
+class UnmergeIn(BaseModel):
+    """Undo a wrong merge: name the merged-away customer id, or one identifier that is someone else."""
+
+    alias: str | None = Field(None, max_length=100, description="a customer id merged into this one")
+    identifier: IdentifierIn | None = Field(None, description="an identifier of this customer that is somebody else")
+    reason: str = Field(min_length=1, max_length=200)
+    operator: str | None = Field(None, max_length=200, description="who decided it, for the audit trail")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "UnmergeIn":
+        if (self.alias is None) == (self.identifier is None):
+            raise ValueError("give exactly one of alias or identifier")
+        return self
+
+
+class UnmergeOut(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    customer_id: str
+    event_id: str = Field(description="id of the identity.unlinked touchpoint published for it")
+    source: str
+    unlinked: list[str] = Field(description="the two identifiers declared different people")
 
 
 class Merges(BaseModel):

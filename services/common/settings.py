@@ -27,6 +27,10 @@ class Settings(BaseSettings):
 
     # identity resolution
     default_region: str = Field("CN", description="region assumed for phone numbers without +country code")
+    identity_limits: dict[str, int] = Field(
+        default_factory=lambda: {"account_id": 1, "email": 5, "phone": 5, "anonymous_id": 100},
+        description="most identifiers of a kind on one customer, as JSON "
+                    "(CRM_IDENTITY_LIMITS='{\"email\": 3}'); kinds not given keep their default")
 
     # collector limits (Segment/RudderStack-like)
     max_event_bytes: int = 32 * 1024

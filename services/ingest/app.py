@@ -19,7 +19,7 @@ from events.envelope import InvalidEvent, validate
 from events.kafka_binding import structured_headers
 from services.common.settings import Settings
 from services.common.topics import TOUCHPOINTS
-from services.ingest.publisher import KafkaPublisher, KafkaUnavailable
+from services.common.publisher import KafkaPublisher, KafkaUnavailable
 
 log = logging.getLogger(__name__)
 

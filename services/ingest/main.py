@@ -6,7 +6,7 @@ import uvicorn
 from services.common import settings as settings_mod
 from services.common.structured_logging import configure
 from services.ingest.app import create_app
-from services.ingest.publisher import KafkaPublisher
+from services.common.publisher import KafkaPublisher
 
 
 def run() -> None:

@@ -113,7 +113,8 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
             await asyncio.gather(*futures)
 
     for name in stages:
-        stage = IdentityStage(settings.default_region) if name == "identity" else STAGES[name]()
+        stage = (IdentityStage(settings.default_region, settings.identity_limits) if name == "identity"
+                 else STAGES[name]())
         runner = BatchRunner(stage, settings.pg_dsn, settings.processor_id, publish)
         runners.append(runner)
         topic = app.topic(stage.topic, key_type=bytes, value_type=bytes, key_serializer="raw",

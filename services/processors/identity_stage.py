@@ -1,22 +1,34 @@
 """Identity stage: crm.touchpoints -> (identity graph in PostgreSQL) -> crm.customer-events.
 
-Decodes and validates each touchpoint, resolves it with the pure resolver
-(``projections.identity``) against the part of the graph the batch touches, writes the graph
-changes, and returns the re-keyed events (and merge markers) to publish. All of it happens in
-the runner's transaction, which also stores the consumed offsets. One advisory lock serializes
-graph updates across workers, so resolution is correct with any number of them.
+Decodes and validates each touchpoint and resolves it to a customer with the pure, guarded
+resolver (``projections.identity.resolve_evidence``):
+
+* The evidence (per distinct statement "these identifiers are / are not one person", the earliest
+  event that made it) is stored with the connected component of identifiers it belongs to.
+* A batch that brings nothing new (known identifiers, no earlier first sighting, no new
+  statement) resolves each event to the stored customer of its home identifier: one query.
+* Otherwise the components the batch touches are loaded whole, joined by the new evidence and
+  resolved again; the differences are written as merges and splits with their causes, the graph's
+  version is bumped, and identity markers say which identifiers moved where.
+
+Everything happens in the runner's transaction, which also stores the consumed offsets. One
+advisory lock serializes graph updates across workers, so resolution is correct with any number
+of them; the result depends only on the set of events, never on their order.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 from psycopg2.extras import execute_values
 
-from events.customer_events import CustomerMerged, resolved_cloudevent
+from events.customer_events import IDENTIFIED, MERGED, UNMERGED, IdentityMarker, resolved_cloudevent
 from events.envelope import InvalidEvent, Touchpoint, validate
 from events.kafka_binding import decode, structured_headers
-from projections.identity import Anchor, IdentityInput, KnownIdentifier, Snapshot, resolve
+from projections.identity import (Cause, Change, Evidence, changes, event_home, kind_of, link_key,
+                                  resolve_evidence)
 from services.common.topics import CUSTOMER_EVENTS, TOUCHPOINTS
 from services.processors.records import Output, Record, deadletter
 
@@ -26,12 +38,40 @@ GRAPH_LOCK = 727002
 HEADERS = tuple(structured_headers())
 
 
+@dataclass(frozen=True, slots=True)
+class _Known:
+    customer_id: str
+    first_seen: datetime
+    component: int
+
+
+@dataclass
+class _Facts:
+    """What the stage needs of one touchpoint."""
+
+    tp: Touchpoint
+    keys: tuple[str, ...]
+    home: str
+    evidence: Evidence | None
+    link: str | None
+
+
+def _facts(tp: Touchpoint) -> _Facts:
+    keys = tuple(i.key for i in tp.identifiers)
+    unlink = tp.type == "identity.unlinked"
+    if unlink or len(keys) > 1:
+        evidence = Evidence(tp.key, tp.id, tp.type, tp.time, keys, unlink)
+        return _Facts(tp, keys, event_home(tp.type, keys), evidence, link_key(keys, unlink))
+    return _Facts(tp, keys, keys[0], None, None)
+
+
 class IdentityStage:
     name = "identity"
     topic = TOUCHPOINTS
 
-    def __init__(self, default_region: str):
+    def __init__(self, default_region: str, limits: dict[str, int] | None = None):
         self.default_region = default_region
+        self.limits = dict(limits or {})
 
     def decode(self, record: Record) -> Touchpoint | Output:
         """The validated touchpoint, or the dead-letter record saying why not."""
@@ -44,77 +84,210 @@ class IdentityStage:
 
     def prepare(self, cur, records: list[Record]) -> list[Output]:
         outputs: list[Output] = []
-        touchpoints: list[Touchpoint] = []
+        facts: list[_Facts] = []
         for record in records:
             decoded = self.decode(record)
             if isinstance(decoded, Output):
                 outputs.append(decoded)
             else:
-                touchpoints.append(decoded)
-        if not touchpoints:
+                facts.append(_facts(decoded))
+        if not facts:
             return outputs
 
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (GRAPH_LOCK,))
-        keys = sorted({i.key for tp in touchpoints for i in tp.identifiers})
-        snapshot = Snapshot()
-        cur.execute("SELECT key, customer_id, first_seen FROM identity_identifier WHERE key = ANY(%s)", (keys,))
-        for key, cid, first_seen in cur.fetchall():
-            snapshot.identifiers[key] = KnownIdentifier(cid, first_seen)
-        customers = sorted({k.customer_id for k in snapshot.identifiers.values()})
-        if customers:
-            cur.execute("SELECT customer_id, anchor_time, anchor_key FROM identity_customer "
-                        "WHERE customer_id = ANY(%s)", (customers,))
-            for cid, anchor_time, anchor_key in cur.fetchall():
-                snapshot.anchors[cid] = Anchor(anchor_time, anchor_key)
+        cur.execute("SELECT version FROM identity_state")
+        version = cur.fetchone()[0]
+        keys = sorted({k for f in facts for k in f.keys})
+        known = self._load_identifiers(cur, "key = ANY(%s)", keys)
 
-        inputs = [IdentityInput(tp.key, tp.id, tp.type, tp.time, tuple(i.key for i in tp.identifiers))
-                  for tp in touchpoints]
-        result = resolve(snapshot, inputs)
-        seqs = self._write(cur, result)
+        # the earliest event of each statement and of each identifier in the batch
+        statements: dict[str, Evidence] = {}
+        for f in facts:
+            if f.evidence is not None and (f.link not in statements or f.evidence.order() < statements[f.link].order()):
+                statements[f.link] = f.evidence
+        first: dict[str, Cause] = {}
+        for f in facts:
+            for k in f.keys:
+                if k not in first or (f.tp.time, f.tp.key) < (first[k].time, first[k].event_key):
+                    first[k] = Cause(f.tp.key, f.tp.id, f.tp.time)
+        stored_order: dict[str, tuple[datetime, str]] = {}
+        if statements:
+            cur.execute("SELECT link_key, event_time, event_key FROM identity_link WHERE link_key = ANY(%s)",
+                        (sorted(statements),))
+            stored_order = {lk: (t, ek) for lk, t, ek in cur.fetchall()}
+        new_statements = {lk: ev for lk, ev in statements.items()
+                          if lk not in stored_order or ev.order() < stored_order[lk]}
+        earlier = {k for k, c in first.items() if k not in known or c.time < known[k].first_seen}
 
-        for m in result.merges:
-            marker = CustomerMerged(m.survivor, m.alias, m.event_key, m.event_id, m.identifier, m.rule, m.time,
-                                    seqs[(m.alias, m.survivor)])
-            outputs.append(Output(CUSTOMER_EVENTS, m.survivor.encode(), orjson.dumps(marker.to_cloudevent()), HEADERS))
-        for tp in touchpoints:
-            cid = result.assignments[tp.key]
-            outputs.append(Output(CUSTOMER_EVENTS, cid.encode(), orjson.dumps(resolved_cloudevent(tp, cid)), HEADERS))
-        return outputs
+        owner = {k: v.customer_id for k, v in known.items()}
+        markers: list[IdentityMarker] = []
+        if new_statements or earlier:
+            version, markers = self._resolve(cur, version, known, first, earlier, new_statements, owner, facts)
+
+        stated: set[str] = set()
+        events = []
+        for f in facts:
+            cid = owner[f.home]
+            refused = tuple(k for k in f.keys if k != f.home and (f.evidence is not None and f.evidence.unlink
+                                                                  or owner[k] != cid))
+            stated.update(k for k in f.keys if k not in refused)
+            events.append(Output(CUSTOMER_EVENTS, cid.encode(),
+                                 orjson.dumps(resolved_cloudevent(f.tp, cid, refused, version)), HEADERS))
+        for m in markers:
+            if m.type == IDENTIFIED:
+                m = IdentityMarker(IDENTIFIED, m.customer_id, tuple(k for k in m.identifiers if k not in stated),
+                                   m.version, time=m.time)
+                if not m.identifiers:
+                    continue
+            outputs.append(Output(CUSTOMER_EVENTS, m.customer_id.encode(), orjson.dumps(m.to_cloudevent()), HEADERS))
+        return outputs + events
+
+    # -- resolution of the touched components -------------------------------------------------------
+    @staticmethod
+    def _load_identifiers(cur, where: str, arg) -> dict[str, _Known]:
+        cur.execute(f"SELECT key, customer_id, first_seen, component FROM identity_identifier WHERE {where}", (arg,))
+        return {k: _Known(c, t, comp) for k, c, t, comp in cur.fetchall()}
+
+    def _resolve(self, cur, version: int, known: dict[str, _Known], first: dict[str, Cause], earlier: set[str],
+                 new_statements: dict[str, Evidence], owner: dict[str, str], facts: list[_Facts]
+                 ) -> tuple[int, list[IdentityMarker]]:
+        dirty = earlier | {k for ev in new_statements.values() for k in ev.identifiers}
+        labels = sorted({known[k].component for k in dirty if k in known})
+        stored = self._load_identifiers(cur, "component = ANY(%s)", labels) if labels else {}
+        stored.update({k: v for k, v in known.items() if k in dirty})
+        links: dict[str, tuple[int, Evidence]] = {}
+        if labels:
+            cur.execute("""SELECT link_key, component, event_key, event_id, type, event_time, identifiers, unlink
+                           FROM identity_link WHERE component = ANY(%s)""", (labels,))
+            for lk, comp, ek, eid, typ, t, ids, unlink in cur.fetchall():
+                links[lk] = (comp, Evidence(ek, eid, typ, t, tuple(ids), unlink))
+
+        # join the components by the new evidence: nodes are stored components and new identifiers
+        parent: dict[str, str] = {}
+
+        def find(x: str) -> str:
+            parent.setdefault(x, x)
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        def node(key: str) -> str:
+            return f"c{stored[key].component}" if key in stored else f"k{key}"
+
+        for ev in new_statements.values():
+            nodes = [find(node(k)) for k in ev.identifiers]
+            for other in nodes[1:]:
+                a, b = find(nodes[0]), find(other)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+        groups: dict[str, dict] = {}
+        for key in sorted(set(stored) | dirty):
+            g = groups.setdefault(find(node(key)), {"keys": set(), "labels": set()})
+            g["keys"].add(key)
+            if key in stored:
+                g["labels"].add(stored[key].component)
+        fresh = sum(1 for g in groups.values() if not g["labels"])
+        if fresh:
+            cur.execute("SELECT nextval('identity_component_seq') FROM generate_series(1, %s)", (fresh,))
+            spare = [r[0] for r in cur.fetchall()]
+        statements_of = {lk: ev for lk, (_, ev) in links.items()}
+        statements_of.update(new_statements)
+        link_component = {lk: comp for lk, (comp, _) in links.items()}
+
+        identifier_rows, relabel, link_rows, all_changes, anchors = [], [], [], [], {}
+        moved: dict[str, str] = {}
+        for g in groups.values():
+            label = min(g["labels"]) if g["labels"] else spare.pop()
+            relabel += [(old, label) for old in g["labels"] if old != label]
+            keys = g["keys"]
+            evidence = [ev for lk, ev in statements_of.items()
+                        if (link_component.get(lk) in g["labels"]) or (lk in new_statements and ev.identifiers[0] in keys)]
+            for lk, ev in new_statements.items():
+                if ev.identifiers[0] in keys:
+                    link_rows.append((lk, list(ev.identifiers), ev.unlink, ev.time, ev.event_key, ev.event_id,
+                                      ev.type, label))
+            seen = {k: min(stored[k].first_seen, first[k].time) if k in stored and k in first
+                    else stored[k].first_seen if k in stored else first[k].time for k in keys}
+            partition = resolve_evidence(evidence, self.limits, seen)
+            lowered = [first[k] for k in keys if k in earlier]
+            cause = min(lowered, key=lambda c: (c.time, c.event_key)) if lowered else \
+                next(Cause(f.tp.key, f.tp.id, f.tp.time) for f in facts if set(f.keys) & keys)
+            before = {k: stored[k].customer_id for k in keys if k in stored}
+            all_changes += changes(before, partition, evidence, cause)
+            anchors.update(partition.anchors)
+            for key in keys:
+                cid = partition.customer_of[key]
+                if before.get(key) != cid:
+                    moved[key] = cid
+                old = stored.get(key)
+                if old is None or old.customer_id != cid or old.first_seen != seen[key] or old.component != label:
+                    identifier_rows.append([key, kind_of(key), cid, seen[key], label, old is None or old.customer_id != cid])
+                owner[key] = cid
+
+        if moved:
+            version += 1
+            cur.execute("UPDATE identity_state SET version = %s", (version,))
+        self._write(cur, version, identifier_rows, relabel, link_rows, anchors, all_changes)
+        return version, self._markers(cur, version, all_changes, moved, first)
 
     @staticmethod
-    def _write(cur, result) -> dict[tuple[str, str], int]:
-        """Write the graph changes; returns the sequence number of each merge (alias, survivor)."""
-        if result.identifiers:
+    def _write(cur, version, identifier_rows, relabel, link_rows, anchors, all_changes) -> None:
+        if relabel:
+            for table in ("identity_identifier", "identity_link"):
+                execute_values(cur, f"""UPDATE {table} t SET component = r.new FROM (VALUES %s) AS r(old, new)
+                                        WHERE t.component = r.old""", relabel)
+        if identifier_rows:
             execute_values(cur, """
-                INSERT INTO identity_identifier (key, kind, customer_id, first_seen) VALUES %s
-                ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id,
-                    first_seen = LEAST(identity_identifier.first_seen, EXCLUDED.first_seen)""",
-                [(k, k.partition(":")[0], v.customer_id, v.first_seen) for k, v in sorted(result.identifiers.items())],
+                INSERT INTO identity_identifier (key, kind, customer_id, first_seen, component, version) VALUES %s
+                ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id, first_seen = EXCLUDED.first_seen,
+                    component = EXCLUDED.component,
+                    version = CASE WHEN identity_identifier.customer_id = EXCLUDED.customer_id
+                                   THEN identity_identifier.version ELSE EXCLUDED.version END""",
+                [(k, kind, cid, seen, label, version) for k, kind, cid, seen, label, _ in sorted(identifier_rows)],
                 page_size=1000)
-        if result.anchors:
+        if link_rows:
+            execute_values(cur, """
+                INSERT INTO identity_link (link_key, identifiers, unlink, event_time, event_key, event_id, type, component)
+                VALUES %s ON CONFLICT (link_key) DO UPDATE SET event_time = EXCLUDED.event_time,
+                    event_key = EXCLUDED.event_key, event_id = EXCLUDED.event_id, type = EXCLUDED.type,
+                    component = EXCLUDED.component""", sorted(link_rows), page_size=1000)
+        if anchors:
             execute_values(cur, """
                 INSERT INTO identity_customer (customer_id, anchor_time, anchor_key) VALUES %s
                 ON CONFLICT (customer_id) DO UPDATE SET anchor_time = EXCLUDED.anchor_time,
                     anchor_key = EXCLUDED.anchor_key, merged_into = NULL""",
-                [(cid, a.time, a.key) for cid, a in sorted(result.anchors.items())], page_size=1000)
-        if result.merges:
-            pairs = [(m.alias, m.survivor) for m in result.merges]
-            execute_values(cur, """
-                UPDATE identity_identifier i SET customer_id = m.survivor
-                FROM (VALUES %s) AS m(alias, survivor) WHERE i.customer_id = m.alias""", pairs)
-            execute_values(cur, """
-                UPDATE identity_customer c SET merged_into = m.survivor
-                FROM (VALUES %s) AS m(alias, survivor)
-                WHERE c.customer_id = m.alias OR c.merged_into = m.alias""", pairs)
-            # ids are drawn under the graph lock, so their order is the order of the merges
+                [(cid, a.time, a.key) for cid, a in sorted(anchors.items())], page_size=1000)
+        merged = [(c.source, c.target) for c in all_changes if c.kind == "merged"]
+        if merged:
+            execute_values(cur, """UPDATE identity_customer c SET merged_into = m.target
+                                   FROM (VALUES %s) AS m(source, target) WHERE c.customer_id = m.source""", merged)
+
+    @staticmethod
+    def _markers(cur, version: int, all_changes: list[Change], moved: dict[str, str], first: dict[str, Cause]
+                 ) -> list[IdentityMarker]:
+        markers: list[IdentityMarker] = []
+        if all_changes:
+            # ids are drawn under the graph lock, so their order is the order of the changes
             rows = execute_values(cur, """
-                INSERT INTO identity_merge (survivor, alias, event_key, event_id, identifier, rule, event_time)
-                VALUES %s ON CONFLICT (alias, survivor, event_key) DO UPDATE SET rule = EXCLUDED.rule
-                RETURNING alias, survivor, id""",
-                [(m.survivor, m.alias, m.event_key, m.event_id, m.identifier, m.rule, m.time) for m in result.merges],
-                fetch=True)
-            for m in result.merges:
-                log.info("customers merged", extra={"survivor": m.survivor, "alias": m.alias, "rule": m.rule,
-                                                    "event_id": m.event_id})
-            return {(alias, survivor): seq for alias, survivor, seq in rows}
-        return {}
+                INSERT INTO identity_change (kind, target, source, identifiers, event_key, event_id, identifier,
+                                             rule, event_time, version)
+                VALUES %s RETURNING id""",
+                [(c.kind, c.target, c.source, list(c.identifiers), c.event_key, c.event_id, c.identifier, c.rule,
+                  c.time, version) for c in all_changes], fetch=True)
+            for c, (seq,) in zip(all_changes, rows):
+                markers.append(IdentityMarker(MERGED if c.kind == "merged" else UNMERGED, c.target, c.identifiers,
+                                              version, c.source, seq, c.event_key, c.event_id, c.identifier,
+                                              c.rule, c.time))
+                log.info("customers %s", c.kind, extra={"target": c.target, "source": c.source, "rule": c.rule,
+                                                        "event_id": c.event_id, "seq": seq})
+        covered = {k for c in all_changes for k in c.identifiers}
+        rest: dict[str, list[str]] = {}
+        for key, cid in sorted(moved.items()):
+            if key not in covered:
+                rest.setdefault(cid, []).append(key)
+        for cid, keys in sorted(rest.items()):
+            markers.append(IdentityMarker(IDENTIFIED, cid, tuple(keys), version,
+                                          time=min(first[k].time for k in keys if k in first) if
+                                          any(k in first for k in keys) else None))
+        return markers

@@ -1,16 +1,22 @@
 """Customer-view stage: crm.customer-events -> the unified customer view in PostgreSQL.
 
-Events: each is inserted into ``customer_timeline`` first; its primary key (source + id) lets only
-events not seen before through to the fold, in the same transaction that stores the offsets, so
-every event changes the view exactly once whatever redeliveries happen.
+Two facts decide where an event belongs, and the stage keeps both:
 
-Merge markers travel on the survivor's partition, so two markers can be processed in either order.
-Each carries the merge's sequence number in the identity graph; the alias map keeps, per customer
-id, the word of the latest marker about it (last-writer-wins), which converges to the identity
-graph's final state whatever the order. In the common case (two live customers) the views are
-merged with the commutative ``customer_view.merge``; otherwise (a marker that arrives after a later
-one, or an id that becomes a survivor again after a late event re-anchored its customer) the
-customers concerned are re-folded from their timeline rows. Per-customer advisory locks, taken in
+* every timeline row has a *home* identifier (the event's strongest, fixed for ever);
+* the identifier map (``customer_view_identifier``) says which customer each identifier belongs
+  to, as of which identity-graph version. Resolved events state it for their linked identifiers,
+  identity markers (merged, unmerged, identified) for the identifiers that moved. The word of the
+  highest version wins, so the map converges to the identity graph's final state whatever order
+  the partitions are read in.
+
+A row belongs to the customer its home maps to. When a statement moves an identifier, its rows
+move with it and the customers concerned are folded again: a customer absorbed whole is merged
+into the survivor's view with the commutative ``customer_view.merge``; any other change (a split,
+an id that lost only some rows) is re-folded from the customer's timeline rows.
+
+The timeline's primary key (source + id) lets only events not seen before into the fold, in the
+same transaction that stores the offsets, so every event changes the view exactly once whatever
+redeliveries happen. Advisory locks on identifiers, then on customers, each set taken at once in
 a fixed order, keep concurrent workers apart.
 """
 from __future__ import annotations
@@ -18,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
 
 import orjson
 from psycopg2.extras import execute_values
 
-from events.customer_events import CustomerEvent, CustomerMerged, decode
+from events.customer_events import MERGED, CustomerEvent, IdentityMarker, decode
 from projections import customer_view
+from projections.identity import event_home, kind_of
 from projections.timeline import summarize
 from services.common.timeline import EVENT_COLUMNS, to_event
 from services.common.topics import CUSTOMER_EVENTS
@@ -33,15 +39,8 @@ from services.processors.records import Output, Record, deadletter
 log = logging.getLogger(__name__)
 
 
-def _lock_id(customer_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(customer_id.encode(), digest_size=8).digest(), "big", signed=True)
-
-
-@dataclass
-class _AliasRow:
-    survivor: str
-    seq: int
-    resolved: str
+def _lock_id(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 class _Batch:
@@ -49,42 +48,30 @@ class _Batch:
 
     def __init__(self, cur):
         self.cur = cur
-        self.held: set[int] = set()
         self.views: dict[str, customer_view.View] = {}
         self.deleted: set[str] = set()
         self.dirty: set[str] = set()
         self.stored_terms: dict[str, set[str]] = {}  # search terms of views as loaded
 
-    # -- locks and the alias map ------------------------------------------------------------------
-    def lock(self, ids) -> None:
-        wanted = sorted({_lock_id(c) for c in ids} - self.held)
+    def lock(self, names) -> None:
+        """Take these advisory locks at once, in a fixed order (callers take each kind once)."""
+        wanted = sorted({_lock_id(n) for n in names})
         if wanted:
             self.cur.execute("SELECT count(pg_advisory_xact_lock(h)) FROM unnest(%s::bigint[]) AS h", (wanted,))
-            self.held.update(wanted)
-
-    def alias_rows(self, ids) -> dict[str, _AliasRow]:
-        self.cur.execute("SELECT alias, survivor, seq, resolved FROM customer_view_alias WHERE alias = ANY(%s)",
-                         (sorted(ids),))
-        return {a: _AliasRow(s, q, r) for a, s, q, r in self.cur.fetchall()}
-
-    def resolved(self, ids) -> dict[str, str]:
-        rows = self.alias_rows(ids)
-        return {c: rows[c].resolved if c in rows else c for c in ids}
 
     # -- views --------------------------------------------------------------------------------------
     def load(self, ids) -> None:
-        missing = sorted(set(ids) - set(self.views) - self.deleted)
+        missing = sorted(set(ids) - set(self.views) - self.deleted - set(self.stored_terms))
         if missing:
             self.cur.execute("SELECT customer_id, state FROM customer_view WHERE customer_id = ANY(%s)", (missing,))
             found = dict(self.cur.fetchall())
             for cid in missing:
                 if cid in found:
                     self.views[cid] = found[cid]
-                self.stored_terms.setdefault(cid, customer_view.search_terms(found[cid]) if cid in found else set())
+                self.stored_terms[cid] = customer_view.search_terms(found[cid]) if cid in found else set()
 
     def view(self, cid: str) -> customer_view.View:
         self.load([cid])
-        self.deleted.discard(cid)
         return self.views.get(cid) or customer_view.empty(cid)
 
     def set_view(self, cid: str, view: customer_view.View) -> None:
@@ -93,12 +80,16 @@ class _Batch:
         self.dirty.add(cid)
 
     def drop_view(self, cid: str) -> None:
+        self.load([cid])
         self.views.pop(cid, None)
         self.dirty.discard(cid)
         self.deleted.add(cid)
 
     def refold(self, owners: set[str]) -> None:
         """Rebuild these customers' views from their timeline rows."""
+        if not owners:
+            return
+        self.load(owners)
         self.cur.execute(f"SELECT {EVENT_COLUMNS} FROM customer_timeline WHERE customer_id = ANY(%s)",
                          (sorted(owners),))
         events: dict[str, list[CustomerEvent]] = defaultdict(list)
@@ -111,115 +102,10 @@ class _Batch:
             else:
                 self.drop_view(owner)
 
-    # -- merge markers ------------------------------------------------------------------------------
-    def apply_marker(self, m: CustomerMerged) -> None:
-        self.cur.execute("""INSERT INTO customer_view_merge (seq, survivor, alias, event_id, identifier, rule, event_time)
-                            VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING""",
-                         (m.seq, m.survivor, m.alias, m.event_id, m.identifier, m.rule, m.time))
-        rows = self.alias_rows({m.alias, m.survivor})
-        alias_row, survivor_row = rows.get(m.alias), rows.get(m.survivor)
-        alias_news = alias_row is None or m.seq > alias_row.seq
-        survivor_news = survivor_row is None or m.seq > survivor_row.seq
-        if not alias_news and not survivor_news:
-            return  # a marker older than what we know of both ids (redelivered or overtaken)
-        alias_live = alias_row is None or alias_row.resolved == m.alias
-        survivor_live = survivor_row is None or survivor_row.resolved == m.survivor
-        if alias_news and survivor_news and alias_live and survivor_live:
-            self._merge_live(m)
-        else:
-            self._rewire(m, alias_news, survivor_news)
-
-    def _write_alias(self, cid: str, survivor: str, m: CustomerMerged) -> None:
-        self.cur.execute("""
-            INSERT INTO customer_view_alias (alias, survivor, seq, resolved) VALUES (%s, %s, %s, %s)
-            ON CONFLICT (alias) DO UPDATE SET survivor = EXCLUDED.survivor, seq = EXCLUDED.seq,
-                merged_at = now()""", (cid, survivor, m.seq, survivor))
-
-    def _merge_live(self, m: CustomerMerged) -> None:
-        """Two live customers: fold the alias's view into the survivor's (exact: the fold is commutative)."""
-        alias, survivor = m.alias, m.survivor
-        self.lock([alias, survivor])
-        self.load([alias, survivor])
-        alias_view, survivor_view = self.views.get(alias), self.views.get(survivor)
-        if alias_view is not None:
-            self.set_view(survivor, customer_view.merge(survivor_view or customer_view.empty(survivor), alias_view))
-            self.drop_view(alias)
-        self._write_alias(survivor, survivor, m)
-        self._write_alias(alias, survivor, m)
-        self.cur.execute("UPDATE customer_view_alias SET resolved = %s WHERE resolved = %s", (survivor, alias))
-        self.cur.execute("UPDATE customer_timeline SET customer_id = %s WHERE customer_id = %s", (survivor, alias))
-        self.cur.execute("UPDATE customer_view_identifier SET customer_id = %s WHERE customer_id = %s",
-                         (survivor, alias))
-
-    def _rewire(self, m: CustomerMerged, alias_news: bool, survivor_news: bool) -> None:
-        """The general case: update the map, re-resolve every id whose chain runs through these two,
-        move their timeline rows and re-fold the customers that gained or lost events."""
-        if alias_news:
-            self._write_alias(m.alias, m.survivor, m)
-        if survivor_news:
-            self._write_alias(m.survivor, m.survivor, m)
-        while True:  # find, lock, and look again until no concurrent change slipped in
-            affected = self._chained_to({m.alias, m.survivor})
-            links = self.alias_rows(affected)
-            before = {cid: links[cid].resolved if cid in links else cid for cid in affected}
-            after = {cid: self._follow(cid, links) for cid in affected}
-            owners = set(before.values()) | set(after.values())
-            held = set(self.held)
-            self.lock(affected | owners)
-            if self.held == held:
-                break
-        for cid, target in after.items():
-            if cid in links:
-                self.cur.execute("UPDATE customer_view_alias SET resolved = %s WHERE alias = %s", (target, cid))
-        moved = sorted(cid for cid in affected if before[cid] != after[cid] or cid in (m.alias, m.survivor))
-        for cid in moved:
-            self.cur.execute("UPDATE customer_timeline SET customer_id = %s WHERE origin_customer_id = %s",
-                             (after[cid], cid))
-        self.views = {c: v for c, v in self.views.items() if c not in owners}
-        self.refold(owners)
-        self.upsert_identifiers({f"{kind}:{value}": owner for owner in owners if owner in self.views
-                                 for kind, values in self.views[owner]["identities"].items() for value in values})
-        log.info("customer ids rewired", extra={"survivor": m.survivor, "alias": m.alias, "seq": m.seq,
-                                                "customers_refolded": len(owners)})
-
-    def _chained_to(self, ids: set[str]) -> set[str]:
-        """These ids and every id whose chain of survivors passes through one of them."""
-        self.cur.execute("""
-            WITH RECURSIVE chain(id) AS (
-                SELECT unnest(%s::text[])
-                UNION
-                SELECT a.alias FROM customer_view_alias a JOIN chain c ON a.survivor = c.id AND a.alias <> a.survivor
-            ) SELECT id FROM chain""", (sorted(ids),))
-        return {r[0] for r in self.cur.fetchall()}
-
-    def _follow(self, cid: str, links: dict[str, _AliasRow]) -> str:
-        seen = set()
-        while True:
-            row = links.get(cid)
-            if row is None:
-                more = self.alias_rows({cid})
-                if not more:
-                    return cid
-                links.update(more)
-                row = more[cid]
-            if row.survivor == cid or cid in seen:
-                return cid
-            seen.add(cid)
-            cid = row.survivor
-
-    def upsert_identifiers(self, owner_of: dict[str, str]) -> None:
-        """Point these identifier keys at their customers."""
-        if owner_of:
-            execute_values(self.cur, """
-                INSERT INTO customer_view_identifier (key, kind, customer_id) VALUES %s
-                ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id""",
-                sorted((key, key.partition(":")[0], cid) for key, cid in owner_of.items()), page_size=1000)
-
     # -- writing ------------------------------------------------------------------------------------
     def save(self) -> None:
         if self.deleted:
             self.cur.execute("DELETE FROM customer_view WHERE customer_id = ANY(%s)", (sorted(self.deleted),))
-            self.cur.execute("DELETE FROM customer_view_search WHERE customer_id = ANY(%s)", (sorted(self.deleted),))
         self._save_terms()
         rows = []
         for cid in sorted(self.dirty):
@@ -237,8 +123,9 @@ class _Batch:
                 rows, template="(%s, %s::jsonb, %s, %s, %s, %s)", page_size=1000)
 
     def _save_terms(self) -> None:
-        """Rewrite the search terms of the customers whose name or company changed."""
+        """Rewrite the search terms of the customers whose name or company changed (or who are gone)."""
         changed = {cid: customer_view.search_terms(self.views[cid]) for cid in self.dirty}
+        changed.update({cid: set() for cid in self.deleted})
         changed = {cid: terms for cid, terms in changed.items() if terms != self.stored_terms.get(cid)}
         if not changed:
             return
@@ -256,7 +143,7 @@ class ViewStage:
     def prepare(self, cur, records: list[Record]) -> list[Output]:
         outputs: list[Output] = []
         events: list[CustomerEvent] = []
-        markers: list[CustomerMerged] = []
+        markers: list[IdentityMarker] = []
         for record in records:
             try:
                 item = decode(record.value or b"")
@@ -264,50 +151,146 @@ class ViewStage:
                 outputs.append(deadletter(record, stage=self.name, kind="undecodable",
                                           reason=f"not a customer event: {type(exc).__name__}: {exc}"))
                 continue
-            (markers if isinstance(item, CustomerMerged) else events).append(item)
+            (markers if isinstance(item, IdentityMarker) else events).append(item)
         if not events and not markers:
             return outputs
 
         batch = _Batch(cur)
-        ids = {e.customer_id for e in events} | {m.survivor for m in markers} | {m.alias for m in markers}
-        while True:  # lock every customer touched, then check that the aliases did not move meanwhile
-            resolved = batch.resolved(ids)
-            before = set(batch.held)
-            batch.lock(ids | set(resolved.values()))
-            if batch.held == before:
-                break
-        for m in sorted(markers, key=lambda m: m.seq):
-            batch.apply_marker(m)
-        # markers may have moved ids; without them the resolution above still holds
-        self._apply_events(batch, events, batch.resolved(ids) if markers else resolved)
+        # what the batch says about identifiers: per identifier, the word of the highest version
+        said: dict[str, tuple[str, int]] = {}
+        for key, cid, version in ([(k, m.customer_id, m.version) for m in markers for k in m.identifiers]
+                                  + [(k, e.customer_id, e.version) for e in events for k in e.linked]):
+            if key not in said or version > said[key][1]:
+                said[key] = (cid, version)
+        homes = {e.key: event_home(e.type, e.identifiers) for e in events}
+        keys = sorted(set(said) | set(homes.values()))
+        batch.lock("i:" + k for k in keys)
+        cur.execute("SELECT key, customer_id, version FROM customer_view_identifier WHERE key = ANY(%s)", (keys,))
+        current = {k: (c, v) for k, c, v in cur.fetchall()}
+        updates = {k: s for k, s in said.items() if k not in current or s[1] > current[k][1]}
+        owner_of = {k: c for k, (c, _) in current.items()}
+        owner_of.update({k: c for k, (c, _) in updates.items()})
+        moves = {k: c for k, (c, _) in updates.items() if k in current and current[k][0] != c}
+        owners = {owner_of[h] for h in homes.values()}
+        batch.lock("c:" + c for c in owners | set(moves.values()) | {current[k][0] for k in moves})
+
+        if updates:
+            execute_values(cur, """
+                INSERT INTO customer_view_identifier (key, kind, customer_id, version) VALUES %s
+                ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id, version = EXCLUDED.version
+                WHERE customer_view_identifier.version < EXCLUDED.version""",
+                sorted((k, kind_of(k), c, v) for k, (c, v) in updates.items()), page_size=1000)
+        fresh = self._insert(batch, events, homes, owner_of)
+        refolded = self._move(batch, moves)  # after the insert, so a re-fold holds the new rows too
+        self._fold(batch, fresh, homes, owner_of, refolded)
+        self._record(cur, markers)
         batch.save()
         return outputs
 
     @staticmethod
-    def _apply_events(batch: _Batch, events: list[CustomerEvent], owner: dict[str, str]) -> None:
+    def _move(batch: _Batch, moves: dict[str, str]) -> set[str]:
+        """Move the rows of identifiers that changed customer; fold the customers concerned again.
+        Returns the customers re-folded from their timeline rows."""
+        if not moves:
+            return set()
+        cur = batch.cur
+        cur.execute("SELECT home, customer_id, count(*) FROM customer_timeline WHERE home = ANY(%s) "
+                    "GROUP BY home, customer_id", (sorted(moves),))
+        flows: dict[str, set[str]] = defaultdict(set)  # source customer -> targets it sent rows to
+        for home_key, source, _ in cur.fetchall():
+            if source != moves[home_key]:
+                flows[source].add(moves[home_key])
+        if not flows:
+            return set()
+        execute_values(cur, """UPDATE customer_timeline t SET customer_id = m.customer_id
+                               FROM (VALUES %s) AS m(home, customer_id)
+                               WHERE t.home = m.home AND t.customer_id <> m.customer_id""",
+                       sorted(moves.items()), page_size=1000)
+        sources = set(flows)
+        targets = {t for ts in flows.values() for t in ts}
+        cur.execute("SELECT DISTINCT customer_id FROM customer_timeline WHERE customer_id = ANY(%s)",
+                    (sorted(sources),))
+        remaining = {r[0] for r in cur.fetchall()}
+        batch.load(sources | targets)
+        # a target whose every source came over whole is the commutative merge of the views
+        feeding: dict[str, set[str]] = defaultdict(set)
+        for source, ts in flows.items():
+            for t in ts:
+                feeding[t].add(source)
+        whole = {t for t, ss in feeding.items()
+                 if t not in sources and all(s not in remaining and flows[s] == {t} for s in ss)}
+        for target in sorted(whole):
+            view = batch.view(target)
+            for source in sorted(feeding[target]):
+                if source in batch.views:
+                    view = customer_view.merge(view, batch.views[source])
+            view["customer_id"] = target
+            batch.set_view(target, view)
+        for source in sources - remaining:
+            batch.drop_view(source)
+        refold = (sources & remaining) | (targets - whole)
+        batch.refold(refold)
+        log.info("identifiers moved", extra={"identifiers": len(moves), "customers_merged_whole": len(whole),
+                                             "customers_refolded": len(refold)})
+        return refold
+
+    @staticmethod
+    def _insert(batch: _Batch, events: list[CustomerEvent], homes: dict[str, str], owner_of: dict[str, str]
+                ) -> list[CustomerEvent]:
+        """Add the events to the timeline; returns those not seen before (the exactly-once guard)."""
         if not events:
-            return
-        batch.lock(owner[e.customer_id] for e in events)
+            return []
         rows = {}
         for e in events:
-            rows.setdefault(e.key, (e.key, owner[e.customer_id], e.customer_id, list(e.identifiers), e.time, e.id,
+            h = homes[e.key]
+            rows.setdefault(e.key, (e.key, owner_of[h], h, list(e.identifiers), list(e.refused), e.time, e.id,
                                     e.source, e.type, e.channel, summarize(e), orjson.dumps(e.data).decode()))
-        # the exactly-once guard: only events whose key is new get folded
         inserted = execute_values(batch.cur, """
-            INSERT INTO customer_timeline (event_key, customer_id, origin_customer_id, identifiers, event_time,
+            INSERT INTO customer_timeline (event_key, customer_id, home, identifiers, refused, event_time,
                                            event_id, source, type, channel, summary, data)
             VALUES %s ON CONFLICT (event_key) DO NOTHING RETURNING event_key""",
-            list(rows.values()), template="(%s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s::jsonb)",
+            list(rows.values()), template="(%s, %s, %s, %s::text[], %s::text[], %s, %s, %s, %s, %s, %s, %s::jsonb)",
             page_size=1000, fetch=True)
-        fresh = {r[0] for r in inserted}
-        by_customer: dict[str, list[CustomerEvent]] = defaultdict(list)
+        keys = {r[0] for r in inserted}
+        fresh = []
         for e in events:
-            if e.key in fresh:
-                by_customer[owner[e.customer_id]].append(e)
-                fresh.discard(e.key)  # a key twice in one batch applies once
+            if e.key in keys:
+                keys.discard(e.key)  # a key twice in one batch applies once
+                fresh.append(e)
+        return fresh
+
+    @staticmethod
+    def _fold(batch: _Batch, fresh: list[CustomerEvent], homes: dict[str, str], owner_of: dict[str, str],
+              refolded: set[str]) -> None:
+        """Fold the new events into their customers' views (a re-folded view already holds them)."""
+        by_customer: dict[str, list[CustomerEvent]] = defaultdict(list)
+        for e in fresh:
+            owner = owner_of[homes[e.key]]
+            if owner not in refolded:
+                by_customer[owner].append(e)
         batch.load(by_customer)  # one query for every customer of the batch
-        identifiers = {}
         for cid, evs in by_customer.items():
             batch.set_view(cid, customer_view.apply_all(batch.view(cid), evs))
-            identifiers.update({key: cid for e in evs for key in e.identifiers})
-        batch.upsert_identifiers(identifiers)
+
+    @staticmethod
+    def _record(cur, markers: list[IdentityMarker]) -> None:
+        """Keep the explanation of every merge and split, and who each merged-away id answers to."""
+        changes = [m for m in markers if m.seq]
+        if changes:
+            execute_values(cur, """
+                INSERT INTO customer_view_change (seq, kind, target, source, identifiers, event_id, identifier, rule,
+                                                  event_time, version)
+                VALUES %s ON CONFLICT (seq, source, target) DO NOTHING""",
+                [(m.seq, "merged" if m.type == MERGED else "unmerged", m.customer_id, m.source, list(m.identifiers),
+                  m.event_id, m.identifier, m.rule, m.time, m.version) for m in changes])
+        aliases = {}
+        for m in markers:
+            if m.type == MERGED and (m.source not in aliases or m.version > aliases[m.source][1]):
+                aliases[m.source] = (m.customer_id, m.version)
+        if aliases:
+            execute_values(cur, """
+                INSERT INTO customer_view_alias (alias, survivor, version) VALUES %s
+                ON CONFLICT (alias) DO UPDATE SET survivor = EXCLUDED.survivor, version = EXCLUDED.version,
+                    merged_at = now()
+                WHERE customer_view_alias.version < EXCLUDED.version""",
+                sorted((a, s, v) for a, (s, v) in aliases.items()))

@@ -85,3 +85,46 @@ def test_search_pages_and_refuses_mixed_queries(running, unique):
     assert second["items"][0]["customer_id"] > first["items"][0]["customer_id"]
     assert httpx.get(f"{api}/v1/customers", params={"q": "%"}).json()["items"] == []
     assert httpx.get(f"{api}/v1/customers", params={"q": "x", "email": "a@b.cn"}).status_code == 400
+
+
+def test_an_operator_unmerges_a_wrong_merge_and_each_side_gets_its_own_events_back(running, unique):
+    collector, api = running
+    merged = settle(collector, api, unique)
+    cid, (alias,) = merged["customer_id"], merged["aliases"]
+    answer = httpx.post(f"{api}/v1/customers/{cid}/unmerge",
+                        json={"alias": alias, "reason": "a shared kiosk", "operator": "ops@example.com"})
+    assert answer.status_code == 202, answer.text
+    unmerge = answer.json()
+    assert unmerge["customer_id"] == cid and unmerge["unlinked"] == [f"anonymous_id:ck-{unique}",
+                                                                     f"account_id:acct-{unique}"]
+
+    def lookup(kind: str, value: str) -> dict | None:
+        items = httpx.get(f"{api}/v1/customers", params={kind: value}).json()["items"]
+        return items[0] if items else None
+
+    wait_for(lambda: (lookup("account_id", f"acct-{unique}") or {}).get("customer_id") == alias, 60, "the split")
+    cookie_side, account_side = lookup("anonymous_id", f"ck-{unique}"), lookup("account_id", f"acct-{unique}")
+    assert cookie_side["customer_id"] == cid and cookie_side["aliases"] == []
+    # the cookie's page view and the unlink itself; the account's profile, orders and login
+    assert (cookie_side["event_count"], account_side["event_count"]) == (2, 4)
+    assert account_side["orders"]["count"] == 2 and cookie_side["orders"]["count"] == 0
+    assert account_side["identities"] == {"account_id": [f"acct-{unique}"]}
+    assert httpx.get(f"{api}/v1/customers/{alias}").json()["customer_id"] == alias  # an id of its own again
+    history = httpx.get(f"{api}/v1/customers/{cid}/merges").json()["items"]
+    assert [(m["kind"], m["survivor"], m["alias"], m["current"]) for m in history] == [
+        ("merged", cid, alias, False), ("unmerged", alias, cid, True)]
+    assert history[1]["event_id"] == unmerge["event_id"] and history[1]["rule"] == "explicit identity.unlinked"
+    timeline = httpx.get(f"{api}/v1/customers/{cid}/timeline").json()["items"]
+    assert [i["type"] for i in timeline] == ["web.page_viewed", "identity.unlinked"]
+    assert timeline[1]["data"]["operator"] == "ops@example.com"
+
+    again = httpx.post(f"{api}/v1/customers/{cid}/unmerge", json={"alias": alias, "reason": "twice"})
+    assert again.status_code == 409 and "not merged into" in again.json()["error"]
+    both = httpx.post(f"{api}/v1/customers/{cid}/unmerge",
+                      json={"alias": alias, "identifier": {"kind": "email", "value": "a@x.com"}, "reason": "x"})
+    assert both.status_code == 422
+    stranger = httpx.post(f"{api}/v1/customers/{cid}/unmerge",
+                          json={"identifier": {"kind": "email", "value": f"nobody.{unique}@x.com"}, "reason": "x"})
+    assert stranger.status_code == 409
+    assert httpx.post(f"{api}/v1/customers/c_nobody{unique}/unmerge",
+                      json={"alias": alias, "reason": "x"}).status_code == 404

@@ -104,9 +104,9 @@ def test_a_login_merges_two_customers_and_the_alias_still_answers(platform, uniq
     survivor = customer_of(platform.dsn, cookie)
     (state,), = query(platform.dsn, "SELECT state FROM customer_view WHERE customer_id = %s", survivor)
     assert state["event_count"] == 3 and state["orders"]["count"] == 1
-    assert query(platform.dsn, """SELECT a.survivor, m.rule FROM customer_view_alias a
-                                  JOIN customer_view_merge m USING (seq) WHERE a.alias = %s""", before) == \
-        [(survivor, "identifiers shared on one event")]
+    assert query(platform.dsn, """SELECT a.survivor, m.kind, m.rule FROM customer_view_alias a
+                                  JOIN customer_view_change m ON m.source = a.alias WHERE a.alias = %s""", before) == \
+        [(survivor, "merged", "identifiers shared on one event")]
     assert query(platform.dsn, "SELECT count(*) FROM customer_view WHERE customer_id = %s", before) == [(0,)]
     assert query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE customer_id = %s", survivor) == [(3,)]
 
@@ -134,47 +134,50 @@ def test_late_events_re_anchor_a_customer_and_back_and_the_view_follows(platform
     assert_equals_reference(platform.dsn, events)
     survivor = customer_of(platform.dsn, f"email:{email}")
     assert customer_of(platform.dsn, f"phone:{phone}") == survivor
-    aliases = query(platform.dsn, "SELECT alias FROM customer_view_alias WHERE resolved = %s AND alias <> %s",
-                    survivor, survivor)
+    aliases = query(platform.dsn, """SELECT alias FROM customer_view_alias a WHERE survivor = %s
+                                     AND NOT EXISTS (SELECT 1 FROM customer_view WHERE customer_id = a.alias)""",
+                    survivor)
     assert len(aliases) == 1  # the phone-anchored id, which still answers
 
 
-def _marker(seq: int, survivor: str, alias: str) -> dict:
-    from events.customer_events import CustomerMerged
+def _marker(version: int, target: str, source: str, identifiers: list[str]) -> dict:
     from datetime import datetime, timezone
 
-    return CustomerMerged(survivor, alias, f"k{seq}", f"e{seq}", "email:x@example.com", "test",
-                          datetime(2026, 11, 1, tzinfo=timezone.utc), seq).to_cloudevent()
+    from events.customer_events import MERGED, IdentityMarker
+
+    return IdentityMarker(MERGED, target, tuple(identifiers), version, source, version, f"k{version}",
+                          f"e{version}", identifiers[0], "test", datetime(2026, 11, 1, tzinfo=timezone.utc)
+                          ).to_cloudevent()
 
 
 def _resolved_event(u: str, n: int, customer: str, identifier: str) -> dict:
     return {"specversion": "1.0", "id": f"{u}-{n}", "source": "urn:test:direct", "type": "profile.updated",
             "time": f"2026-11-01T10:0{n}:00Z", "channel": "profile", "customerid": customer,
-            "identifiers": identifier, "data": {"name": f"n{n}"}}
+            "identifiers": identifier, "identityversion": 0, "data": {"name": f"n{n}"}}
 
 
-def test_a_merge_marker_overtaken_by_a_later_one_changes_nothing(platform, unique):
-    """Markers travel on their survivor's partition, so a later merge can be processed first."""
+def test_a_marker_overtaken_by_a_later_one_changes_nothing(platform, unique):
+    """Markers travel on their target's partition, so a later change can be processed first."""
     from services.common.topics import CUSTOMER_EVENTS
 
     platform.processor(CRM_PROCESSOR_STAGES="view")
     x, y = f"c_x{unique}", f"c_y{unique}"
+    ex, ey = f"email:x{unique}@example.com", f"email:y{unique}@example.com"
     p = producer(platform.stack.kafka_bootstrap)
-    for record in (_resolved_event(unique, 1, x, f"email:x{unique}@example.com"),
-                   _resolved_event(unique, 2, y, f"email:y{unique}@example.com")):
+    for record in (_resolved_event(unique, 1, x, ex), _resolved_event(unique, 2, y, ey)):
         p.send(CUSTOMER_EVENTS, key=record["customerid"].encode(), value=orjson.dumps(record))
-    # history: y was merged into x (seq 1), then a re-anchoring merged x into y (seq 2);
+    # history: y was merged into x (version 1), then a re-anchoring merged x into y (version 2);
     # they arrive newest first
-    p.send(CUSTOMER_EVENTS, key=y.encode(), value=orjson.dumps(_marker(10**12 + 2, y, x)))
+    p.send(CUSTOMER_EVENTS, key=y.encode(), value=orjson.dumps(_marker(10**12 + 2, y, x, [ex, ey])))
     p.flush()
     wait_for(lambda: query(platform.dsn, "SELECT event_count FROM customer_view WHERE customer_id = %s", y) == [(2,)],
              60, "x merged into y")
-    p.send(CUSTOMER_EVENTS, key=x.encode(), value=orjson.dumps(_marker(10**12 + 1, x, y)))
+    p.send(CUSTOMER_EVENTS, key=x.encode(), value=orjson.dumps(_marker(10**12 + 1, x, y, [ey])))
     p.flush()
     p.close()
-    # a sentinel behind the stale marker on the same partition: once it is applied, so is the marker
+    # a sentinel behind the stale marker on the same partition, itself resolved before both changes
     p = producer(platform.stack.kafka_bootstrap)
-    sentinel = _resolved_event(unique, 3, x, f"email:x{unique}@example.com")
+    sentinel = _resolved_event(unique, 3, x, ex)
     p.send(CUSTOMER_EVENTS, key=x.encode(), value=orjson.dumps(sentinel))
     p.flush()
     p.close()
@@ -182,5 +185,7 @@ def test_a_merge_marker_overtaken_by_a_later_one_changes_nothing(platform, uniqu
                            sentinel["id"]) == [(1,)], 60, "the sentinel behind the stale marker")
     assert query(platform.dsn, "SELECT customer_id, event_count FROM customer_view WHERE customer_id IN (%s, %s)",
                  x, y) == [(y, 3)]
-    assert query(platform.dsn, "SELECT alias, resolved FROM customer_view_alias WHERE alias IN (%s, %s) ORDER BY 1",
-                 x, y) == sorted([(x, y), (y, y)])
+    assert query(platform.dsn, "SELECT key, customer_id FROM customer_view_identifier WHERE key IN (%s, %s) "
+                               "ORDER BY 1", ex, ey) == sorted([(ex, y), (ey, y)])
+    assert query(platform.dsn, "SELECT alias, survivor FROM customer_view_alias WHERE alias IN (%s, %s) ORDER BY 1",
+                 x, y) == sorted([(x, y), (y, x)])  # y's row is stale, and y answers for itself

@@ -40,8 +40,7 @@ JOURNEY = [
 
 def test_a_journey_folds_into_the_expected_view():
     view = cv.apply_all(cv.empty("c_1"), JOURNEY)
-    assert view["identities"] == {"account_id": ["u1"], "anonymous_id": ["ck1"], "email": ["wf@qq.com"],
-                                  "phone": ["+8613800138000"]}
+    assert view["traits"]["email"]["value"] == "wf@qq.com" and view["traits"]["phone"]["value"] == "+8613800138000"
     assert view["traits"]["name"]["value"] == "Wang Fang"
     assert view["traits"]["company"]["value"] == "海尔"
     assert view["orders"]["count"] == 2

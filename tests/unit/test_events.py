@@ -89,11 +89,16 @@ def test_identifier_normalization_and_guards():
             normalize(kind, value, "CN")
 
 
-def test_an_unlink_is_accepted_and_never_links_what_it_names():
+def test_an_unlink_names_its_identifiers_and_needs_two_valid_ones():
     tp = validate({"id": "u-1", "source": "urn:crm:ops", "type": "identity.unlinked",
                    "data": {"identifiers": [{"kind": "email", "value": "a@x.com"},
                                             {"kind": "phone", "value": "13800138000"}]}}, received_at=NOW)
-    assert [i.key for i in tp.identifiers] == ["email:a@x.com"]
+    assert [i.key for i in tp.identifiers] == ["email:a@x.com", "phone:+8613800138000"]
+    with pytest.raises(InvalidEvent) as err:
+        validate({"id": "u-2", "source": "urn:crm:ops", "type": "identity.unlinked",
+                  "data": {"identifiers": [{"kind": "email", "value": "a@x.com"},
+                                           {"kind": "phone", "value": "12"}]}}, received_at=NOW)
+    assert {e.field for e in err.value.errors} == {"data.identifiers.1", "data.identifiers"}
 
 
 def test_invalid_identifiers_are_reported_not_guessed():

@@ -5,8 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings, strategies as st
 
-from projections.identity import (DEFAULT_LIMITS, Evidence, IdentityInput, Snapshot, resolve,
-                                  resolve_evidence)
+from projections.identity import DEFAULT_LIMITS, Evidence, resolve_evidence
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -103,12 +102,21 @@ def test_the_partition_depends_only_on_the_evidence_and_respects_every_guard(evi
 
 @settings(max_examples=200, deadline=None)
 @given(evidence_strategy)
-def test_without_guards_in_play_it_agrees_with_the_incremental_resolver(evidence):
+def test_without_guards_in_play_customers_are_the_connected_identifiers(evidence):
     links_only = [e for e in evidence if not e.unlink]
-    if not links_only:
-        return
-    unlimited = {k: 10_000 for k in DEFAULT_LIMITS}
-    p = resolve_evidence(links_only, unlimited)
-    r = resolve(Snapshot(), [IdentityInput(e.event_key, e.event_id, e.type, e.time, e.identifiers) for e in links_only])
-    assert p.event_customer == r.assignments
-    assert {k: v.customer_id for k, v in r.identifiers.items()} == p.customer_of
+    p = resolve_evidence(links_only, {k: 10_000 for k in DEFAULT_LIMITS})
+    component: dict[str, str] = {}
+
+    def find(k: str) -> str:
+        while component.setdefault(k, k) != k:
+            k = component[k]
+        return k
+    for e in links_only:
+        for other in e.identifiers[1:]:
+            a, b = find(e.identifiers[0]), find(other)
+            if a != b:
+                component[a] = b
+    expected: dict[str, set[str]] = {}
+    for k in {k for e in links_only for k in e.identifiers}:
+        expected.setdefault(find(k), set()).add(k)
+    assert groups(p) == {frozenset(v) for v in expected.values()}

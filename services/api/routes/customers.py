@@ -1,50 +1,96 @@
-"""``/v1/customers``: the unified customer view, identifier lookups and the timeline."""
+"""``/v1/customers``: the unified customer view, identifier lookups, the timeline, merges and unmerge."""
 from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+import logging
+import uuid
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query
+from starlette.concurrency import run_in_threadpool
 
+from events.envelope import validate
 from events.identifiers import InvalidIdentifier, normalize
+from events.kafka_binding import structured_headers
 from projections import customer_view
-from services.api.deps import DatabaseDep, SettingsDep
-from services.api.schemas import CustomerList, CustomerOut, Merge, Merges, Problem, Timeline, TimelineItem
+from services.api.deps import DatabaseDep, PublisherDep, SettingsDep
+from services.api.schemas import (CustomerList, CustomerOut, Merge, Merges, Problem, Timeline, TimelineItem,
+                                  UnmergeIn, UnmergeOut)
+from services.common.publisher import KafkaUnavailable
 from services.common.timeline import EVENT_COLUMNS, to_event
+from services.common.topics import TOUCHPOINTS
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
 NOT_FOUND = {404: {"model": Problem, "description": "no such customer"}}
 
 
-def _resolve(cur, customer_id: str) -> str:
-    cur.execute("SELECT resolved FROM customer_view_alias WHERE alias = %s", (customer_id,))
-    row = cur.fetchone()
-    return row[0] if row else customer_id
+_WALK = """
+    WITH RECURSIVE walk(requested, id, depth) AS (
+        SELECT x, x, 0 FROM unnest(%s::text[]) AS x
+      UNION ALL
+        SELECT w.requested, a.survivor, w.depth + 1 FROM walk w JOIN customer_view_alias a ON a.alias = w.id
+        WHERE w.depth < 32 AND NOT EXISTS (SELECT 1 FROM customer_view v WHERE v.customer_id = w.id)
+    )
+    SELECT DISTINCT ON (requested) requested, id FROM walk
+    WHERE EXISTS (SELECT 1 FROM customer_view v WHERE v.customer_id = walk.id)
+    ORDER BY requested, depth"""
+"""Each requested id with the live customer answering for it: itself when it has a view, else the
+end of its chain of merges (an id split off again has a view of its own and answers for itself)."""
 
 
-def _aliases(cur, survivor: str) -> list[str]:
-    cur.execute("SELECT alias FROM customer_view_alias WHERE resolved = %s AND alias <> %s ORDER BY alias",
-                (survivor, survivor))
-    return [r[0] for r in cur.fetchall()]
+def _resolve_many(cur, customer_ids: list[str]) -> dict[str, str]:
+    cur.execute(_WALK, (customer_ids,))
+    return dict(cur.fetchall())
+
+
+def _resolve(cur, customer_id: str) -> str | None:
+    return _resolve_many(cur, [customer_id]).get(customer_id)
+
+
+def _aliases_of(cur, survivors: list[str]) -> dict[str, list[str]]:
+    """The merged-away ids that each of these live customers answers for."""
+    cur.execute("""
+        WITH RECURSIVE back(survivor, alias, depth) AS (
+            SELECT a.survivor, a.alias, 1 FROM customer_view_alias a WHERE a.survivor = ANY(%s)
+          UNION ALL
+            SELECT b.survivor, a.alias, b.depth + 1 FROM back b JOIN customer_view_alias a ON a.survivor = b.alias
+            WHERE b.depth < 32
+              AND NOT EXISTS (SELECT 1 FROM customer_view v WHERE v.customer_id = b.alias)
+        )
+        SELECT DISTINCT survivor, alias FROM back b
+        WHERE NOT EXISTS (SELECT 1 FROM customer_view v WHERE v.customer_id = b.alias) ORDER BY 1, 2""",
+                (survivors,))
+    out: dict[str, list[str]] = {}
+    for survivor, alias in cur.fetchall():
+        out.setdefault(survivor, []).append(alias)
+    return out
+
+
+def _identities_of(cur, customer_ids: list[str]) -> dict[str, dict[str, list[str]]]:
+    """The identifiers each customer owns, by kind, as the identity graph last told the view."""
+    cur.execute("SELECT customer_id, kind, key FROM customer_view_identifier WHERE customer_id = ANY(%s) "
+                "ORDER BY key", (customer_ids,))
+    out: dict[str, dict[str, list[str]]] = {}
+    for cid, kind, key in cur.fetchall():
+        out.setdefault(cid, {}).setdefault(kind, []).append(key.partition(":")[2])
+    return out
 
 
 def _load_many(cur, customer_ids: list[str]) -> list[CustomerOut]:
-    """The views of these customers (aliases answered by their survivor), by customer id, in two queries."""
-    cur.execute("""SELECT v.customer_id, v.state, v.updated_at FROM customer_view v
-                   WHERE v.customer_id IN (SELECT coalesce(a.resolved, x) FROM unnest(%s::text[]) AS x
-                                           LEFT JOIN customer_view_alias a ON a.alias = x)
-                   ORDER BY v.customer_id""", (customer_ids,))
+    """The views of these customers (aliases answered by their survivor), by customer id."""
+    live = sorted(set(_resolve_many(cur, customer_ids).values()))
+    cur.execute("SELECT customer_id, state, updated_at FROM customer_view WHERE customer_id = ANY(%s) "
+                "ORDER BY customer_id", (live,))
     rows = cur.fetchall()
-    cur.execute("""SELECT resolved, alias FROM customer_view_alias
-                   WHERE resolved = ANY(%s) AND alias <> resolved ORDER BY alias""", ([r[0] for r in rows],))
-    aliases: dict[str, list[str]] = {}
-    for survivor, alias in cur.fetchall():
-        aliases.setdefault(survivor, []).append(alias)
-    return [_out(state, updated_at, aliases.get(cid, []), requested=None) for cid, state, updated_at in rows]
+    aliases = _aliases_of(cur, live)
+    identities = _identities_of(cur, live)
+    return [_out(state, updated_at, aliases.get(cid, []), identities.get(cid, {}), requested=None)
+            for cid, state, updated_at in rows]
 
 
 def _load(cur, customer_id: str) -> CustomerOut | None:
@@ -59,23 +105,27 @@ def _load(cur, customer_id: str) -> CustomerOut | None:
 def _load_as_of(cur, customer_id: str, as_of: datetime) -> CustomerOut | None:
     """The view as it stood at ``as_of``: the customer's events up to then, folded again."""
     survivor = _resolve(cur, customer_id)
+    if survivor is None:
+        return None
     cur.execute(f"SELECT {EVENT_COLUMNS} FROM customer_timeline WHERE customer_id = %s AND event_time <= %s",
                 (survivor, as_of))
     events = [to_event(row) for row in cur.fetchall()]
     if not events:
         return None
     state = customer_view.apply_all(customer_view.empty(survivor), events)
-    out = _out(orjson.loads(orjson.dumps(state)), as_of, _aliases(cur, survivor),
+    out = _out(orjson.loads(orjson.dumps(state)), as_of, _aliases_of(cur, [survivor]).get(survivor, []),
+               _identities_of(cur, [survivor]).get(survivor, {}),
                requested=customer_id if customer_id != survivor else None)
     out.as_of = as_of
     return out
 
 
-def _out(state: dict[str, Any], updated_at: datetime, aliases: list[str], requested: str | None) -> CustomerOut:
+def _out(state: dict[str, Any], updated_at: datetime, aliases: list[str], identities: dict[str, list[str]],
+         requested: str | None) -> CustomerOut:
     derived = customer_view.summary(state)
     return CustomerOut(
         customer_id=state["customer_id"], requested_id=requested, aliases=aliases,
-        display_name=derived["display_name"], identities={k: v for k, v in state["identities"].items() if v},
+        display_name=derived["display_name"], identities=identities,
         traits=state["traits"], contacts=state["contacts"], contacts_total=derived["contacts_total"],
         first_contact=state["first_contact"], last_contact=state["last_contact"],
         orders={**state["orders"], "net_revenue": derived["net_revenue"],
@@ -152,20 +202,22 @@ def get_customer(
 
 @router.get("/{customer_id}/merges", response_model=Merges, responses=NOT_FOUND)
 def get_merges(customer_id: str, db: DatabaseDep) -> Merges:
-    """Every merge that formed this customer: which touchpoint, identifier and rule linked which ids."""
+    """Every merge and split that shaped this customer: which touchpoint, identifier and rule
+    moved which identifiers between which customer ids, oldest first."""
     with db.cursor() as cur:
         survivor = _resolve(cur, customer_id)
-        cur.execute("SELECT 1 FROM customer_view WHERE customer_id = %s", (survivor,))
-        if cur.fetchone() is None:
+        if survivor is None:
             raise HTTPException(404, f"no customer {customer_id!r}")
-        ids = [survivor, *_aliases(cur, survivor)]
-        cur.execute("""SELECT m.seq, m.survivor, m.alias, m.event_id, m.identifier, m.rule, m.event_time,
-                              a.seq IS NOT NULL AS current
-                       FROM customer_view_merge m
-                       LEFT JOIN customer_view_alias a ON a.alias = m.alias AND a.seq = m.seq
-                       WHERE m.survivor = ANY(%s) OR m.alias = ANY(%s) ORDER BY m.seq""", (ids, ids))
-        items = [Merge(seq=r[0], survivor=r[1], alias=r[2], event_id=r[3], identifier=r[4], rule=r[5],
-                       event_time=r[6], current=r[7]) for r in cur.fetchall()]
+        ids = [survivor, *_aliases_of(cur, [survivor]).get(survivor, [])]
+        cur.execute("""SELECT m.seq, m.kind, m.target, m.source, m.identifiers, m.event_id, m.identifier, m.rule,
+                              m.event_time, m.version,
+                              NOT EXISTS (SELECT 1 FROM customer_view_change later
+                                          WHERE later.seq > m.seq AND later.identifiers && m.identifiers) AS current
+                       FROM customer_view_change m
+                       WHERE m.target = ANY(%s) OR m.source = ANY(%s) ORDER BY m.seq""", (ids, ids))
+        items = [Merge(seq=r[0], kind=r[1], survivor=r[2], alias=r[3], identifiers=r[4], event_id=r[5],
+                       identifier=r[6], rule=r[7], event_time=r[8], version=r[9], current=r[10])
+                 for r in cur.fetchall()]
     return Merges(customer_id=survivor, items=items)
 
 
@@ -192,8 +244,7 @@ def get_timeline(
     after = _decode_cursor(cursor) if cursor else None
     with db.cursor() as cur:
         survivor = _resolve(cur, customer_id)
-        cur.execute("SELECT 1 FROM customer_view WHERE customer_id = %s", (survivor,))
-        if cur.fetchone() is None:
+        if survivor is None:
             raise HTTPException(404, f"no customer {customer_id!r}")
         op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
         where = f"AND (event_time, event_key) {op} (%s, %s)" if after else ""
@@ -208,3 +259,67 @@ def get_timeline(
              for r in rows]
     next_cursor = _encode_cursor(rows[-1][4], rows[-1][7]) if more else None
     return Timeline(customer_id=survivor, items=items, next_cursor=next_cursor)
+
+
+UNMERGE_SOURCE = "urn:crm:api:unmerge"
+
+
+@router.post("/{customer_id}/unmerge", status_code=202, response_model=UnmergeOut,
+             responses={**NOT_FOUND, 409: {"model": Problem}, 503: {"model": Problem}})
+async def unmerge(customer_id: str, body: UnmergeIn, db: DatabaseDep, settings: SettingsDep,
+                  publisher: PublisherDep) -> UnmergeOut:
+    """Split a wrong merge again (an operator action). Publishes an ``identity.unlinked`` touchpoint
+    declaring the two sides different people; the identity stage re-resolves their evidence and the
+    view re-folds the events of each side. Nothing is deleted; the split shows in ``/merges``."""
+    if body.identifier is not None:
+        try:
+            named = normalize(body.identifier.kind, body.identifier.value, settings.default_region)
+        except InvalidIdentifier as exc:
+            raise HTTPException(400, f"identifier: {exc}") from None
+    survivor, pair = await run_in_threadpool(_unlink_pair, db, customer_id, body.alias,
+                                             named.key if body.identifier is not None else None)
+    raw = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": UNMERGE_SOURCE, "type": "identity.unlinked",
+           "time": datetime.now(timezone.utc).isoformat(), "subject": survivor,
+           "data": {"identifiers": [{"kind": k.partition(":")[0], "value": k.partition(":")[2]} for k in pair],
+                    "reason": body.reason, **({"operator": body.operator} if body.operator else {})}}
+    tp = validate(raw, received_at=datetime.now(timezone.utc), default_region=settings.default_region)
+    try:
+        await publisher.send_all([(TOUCHPOINTS, tp.primary_identifier.key.encode(), tp.to_json(),
+                                   list(structured_headers()))])
+    except KafkaUnavailable as exc:
+        raise HTTPException(503, f"the unmerge could not be published: {exc}", headers={"Retry-After": "5"}) from None
+    log.info("unmerge requested", extra={"customer_id": survivor, "alias": body.alias, "unlinked": pair,
+                                         "event_id": tp.id, "operator": body.operator})
+    return UnmergeOut(customer_id=survivor, event_id=tp.id, source=UNMERGE_SOURCE, unlinked=list(pair))
+
+
+def _unlink_pair(db, customer_id: str, alias: str | None, identifier: str | None) -> tuple[str, tuple[str, str]]:
+    """The live customer and the two identifiers to declare different people."""
+    with db.cursor() as cur:
+        survivor = _resolve(cur, customer_id)
+        if survivor is None:
+            raise HTTPException(404, f"no customer {customer_id!r}")
+        cur.execute("SELECT anchor_key FROM identity_customer WHERE customer_id = %s", (survivor,))
+        row = cur.fetchone()
+        if row is None:
+            raise HTTPException(409, f"customer {survivor!r} is not in the identity graph yet; retry shortly")
+        anchor = row[0]
+        if alias is not None:
+            if alias == survivor or _resolve(cur, alias) != survivor:
+                raise HTTPException(409, f"{alias!r} is not merged into customer {survivor!r}; "
+                                         f"see GET /v1/customers/{survivor}/merges")
+            cur.execute("SELECT anchor_key FROM identity_customer WHERE customer_id = %s", (alias,))
+            row = cur.fetchone()
+            if row is None:
+                raise HTTPException(409, f"{alias!r} is not in the identity graph")
+            other = row[0]
+        else:
+            cur.execute("SELECT customer_id FROM customer_view_identifier WHERE key = %s", (identifier,))
+            row = cur.fetchone()
+            if row is None or row[0] != survivor:
+                raise HTTPException(409, f"{identifier!r} does not belong to customer {survivor!r}")
+            if identifier == anchor:
+                raise HTTPException(409, f"{identifier!r} is the identifier this customer is anchored at; "
+                                         "split off the other side instead (by its alias or one of its identifiers)")
+            other = identifier
+    return survivor, (anchor, other)

@@ -1,4 +1,4 @@
-"""The collector's Kafka producer (kafka-python, acks=all), awaitable from asyncio.
+"""The Kafka producer of the collector and the API (kafka-python, acks=all), awaitable from asyncio.
 
 ``send_all`` resolves only when Kafka has acknowledged every record; any failure raises
 ``KafkaUnavailable`` so the route answers 503 and the sender retries. Retries are safe: records
@@ -23,7 +23,9 @@ class KafkaUnavailable(Exception):
 
 
 class KafkaPublisher:
-    def __init__(self, bootstrap: str, *, ack_timeout_s: float = 10.0, reconnect_every_s: float = 2.0):
+    def __init__(self, bootstrap: str, *, ack_timeout_s: float = 10.0, reconnect_every_s: float = 2.0,
+                 client_id: str = "crm-ingest"):
+        self.client_id = client_id
         self.bootstrap = bootstrap
         self.ack_timeout_s = ack_timeout_s
         self.reconnect_every_s = reconnect_every_s
@@ -45,7 +47,7 @@ class KafkaPublisher:
             bootstrap_timeout_ms=int(self.ack_timeout_s * 1000),
             request_timeout_ms=int(self.ack_timeout_s * 1000),
             max_in_flight_requests_per_connection=5,
-            client_id="crm-ingest",
+            client_id=self.client_id,
         )
 
     def producer(self) -> KafkaProducer:
