@@ -21,6 +21,7 @@ link them the way it would for real traffic.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import random
@@ -299,6 +300,9 @@ class Persona:
     company: str | None
     address: dict[str, str]
     city: str
+    household: int | None = None
+    """Index of the customer this one lives with, sharing their phone and home computer (a family
+    phone and a shared browser cookie that must not fuse the two into one profile)."""
 
     @property
     def language(self) -> str:
@@ -312,6 +316,11 @@ class Persona:
 
 
 # which identifiers each archetype ever reveals to the platform
+_ACCOUNT_HOLDERS = frozenset({"buyer", "repeat", "complainer"})
+HOUSEHOLD_SHARE = 0.15
+"""Of the account holders at odd indices whose predecessor holds an account too, the share living
+with that predecessor."""
+
 _REVEALS = {
     "prospect": ("anonymous_id",),
     "caller": ("phone",),
@@ -351,7 +360,23 @@ class JourneyGenerator:
     # --- customers ------------------------------------------------------------------------------
 
     def persona(self, customer_index: int) -> Persona:
-        """The customer behind ``customer_index``: name, identifiers and archetype."""
+        """The customer behind ``customer_index``: name, identifiers and archetype.
+
+        Some account holders at an odd index live with the customer before them, also an account
+        holder: they share that customer's phone, home computer (its browser cookie) and address.
+        """
+        own = self._persona(customer_index)
+        if customer_index % 2 == 1 and own.kind in _ACCOUNT_HOLDERS:
+            rng = random.Random(f"crm-sim:{self.seed}:{customer_index}:household")
+            if rng.random() < HOUSEHOLD_SHARE:
+                other = self._persona(customer_index - 1)
+                if other.kind in _ACCOUNT_HOLDERS:
+                    return dataclasses.replace(own, phone=other.phone, phone_as_typed=other.phone_as_typed,
+                                               anonymous_id=other.anonymous_id, address=other.address,
+                                               city=other.city, household=other.index)
+        return own
+
+    def _persona(self, customer_index: int) -> Persona:
         if customer_index < 0:
             raise ValueError("customer_index must be >= 0")
         rng = random.Random(f"crm-sim:{self.seed}:{customer_index}:persona")

@@ -207,10 +207,32 @@ def test_identifiers_of_matches_what_the_journey_reveals(gen: JourneyGenerator,
         assert (expected["anonymous_id"] in cookies) if expected["anonymous_id"] else not cookies
 
 
-def test_identifiers_differ_between_customers(gen: JourneyGenerator) -> None:
+def test_identifiers_differ_between_customers_except_a_household_s_phone_and_computer(gen: JourneyGenerator) -> None:
+    people = [gen.persona(i) for i in range(CUSTOMERS)]
     for kind in ("email", "phone", "account_id", "anonymous_id"):
-        values = [getattr(gen.persona(i), kind) for i in range(CUSTOMERS)]
+        values = [getattr(p, kind) for p in people if kind in ("email", "account_id") or p.household is None]
         assert len(values) == len(set(values)), kind
+    households = [p for p in people if p.household is not None]
+    assert households, "some customers share a family phone and a home computer"
+    for p in households:
+        other = people[p.household]
+        assert (p.phone, p.anonymous_id) == (other.phone, other.anonymous_id) and p.account_id != other.account_id
+
+
+def test_the_guards_keep_every_household_apart_and_everyone_else_whole(gen: JourneyGenerator,
+                                                                        journeys: dict[int, list[dict]]) -> None:
+    from tests.reference import reference_partition
+
+    touchpoints = [validate(e, received_at=datetime.now(timezone.utc)) for j in journeys.values() for e in j]
+    customer_of = reference_partition(touchpoints).customer_of
+    accounts = {i: customer_of[f"account_id:{gen.identifiers_of(i)['account_id']}"]
+                for i in journeys if gen.identifiers_of(i)["account_id"]}
+    assert len(set(accounts.values())) == len(accounts), "two account holders fused"
+    for i in journeys:
+        p, ids = gen.persona(i), gen.identifiers_of(i)
+        owners = {customer_of[normalize(k, v).key] for k, v in ids.items() if v}
+        if p.household is None and (i + 1 not in journeys or gen.persona(i + 1).household is None):
+            assert len(owners) == 1, (i, ids)  # a customer on their own is one profile
 
 
 def test_logged_in_customers_link_cookie_and_account_on_a_web_event(gen: JourneyGenerator,
