@@ -56,12 +56,19 @@ def test_merges_are_explained_and_aggregates_add_up(running, unique):
     assert customer["traits"]["name"]["source"] == "profile"
 
 
-def test_as_of_answers_the_view_as_it_stood_then(running, unique):
+def test_as_of_answers_the_view_as_it_stood_then_identity_included(running, unique):
     collector, api = running
-    cid = settle(collector, api, unique)["customer_id"]
+    customer = settle(collector, api, unique)
+    cid, (alias,) = customer["customer_id"], customer["aliases"]
+    # on 3 November the login had not happened: the cookie and the account were two customers
     then = httpx.get(f"{api}/v1/customers/{cid}", params={"as_of": "2026-11-03T00:00:00Z"}).json()
-    assert then["event_count"] == 3 and then["orders"]["count"] == 1
+    assert then["event_count"] == 1 and then["orders"]["count"] == 0
+    assert then["identities"] == {"anonymous_id": [f"ck-{unique}"]}
     assert then["as_of"].startswith("2026-11-03T00:00:00")
+    account = httpx.get(f"{api}/v1/customers/{alias}", params={"as_of": "2026-11-03T00:00:00Z"}).json()
+    assert (account["customer_id"], account["event_count"], account["orders"]["count"]) == (alias, 2, 1)
+    later = httpx.get(f"{api}/v1/customers/{alias}", params={"as_of": "2026-11-07T00:00:00Z"}).json()
+    assert (later["customer_id"], later["requested_id"], later["event_count"]) == (cid, alias, 5)
     assert httpx.get(f"{api}/v1/customers/{cid}", params={"as_of": "2026-10-01T00:00:00Z"}).status_code == 404
     assert httpx.get(f"{api}/v1/customers/{cid}", params={"as_of": "2026-11-03T00:00:00"}).status_code == 400
     assert httpx.get(f"{api}/v1/customers/{cid}", params={"as_of": "yesterday"}).status_code == 422

@@ -16,6 +16,7 @@ from events.envelope import validate
 from events.identifiers import InvalidIdentifier, normalize
 from events.kafka_binding import structured_headers
 from projections import customer_view
+from projections.identity import Evidence, resolve_evidence
 from services.api.deps import DatabaseDep, PublisherDep, SettingsDep
 from services.api.schemas import (CustomerList, CustomerOut, Merge, Merges, Problem, Timeline, TimelineItem,
                                   UnmergeIn, UnmergeOut)
@@ -102,20 +103,38 @@ def _load(cur, customer_id: str) -> CustomerOut | None:
     return view
 
 
-def _load_as_of(cur, customer_id: str, as_of: datetime) -> CustomerOut | None:
-    """The view as it stood at ``as_of``: the customer's events up to then, folded again."""
-    survivor = _resolve(cur, customer_id)
-    if survivor is None:
+def _load_as_of(cur, customer_id: str, as_of: datetime, limits: dict[str, int]) -> CustomerOut | None:
+    """The view as it stood at ``as_of``, identity included: the identity evidence of events up to
+    then is resolved again (the resolver depends only on the set of evidence), and the touchpoints
+    up to then whose home identifier belonged to the customer *then* are folded again."""
+    cur.execute("""SELECT c.anchor_key, i.component FROM identity_customer c
+                   JOIN identity_identifier i ON i.key = c.anchor_key WHERE c.customer_id = %s""", (customer_id,))
+    row = cur.fetchone()
+    if row is None:
         return None
-    cur.execute(f"SELECT {EVENT_COLUMNS} FROM customer_timeline WHERE customer_id = %s AND event_time <= %s",
-                (survivor, as_of))
+    anchor, component = row
+    cur.execute("SELECT key, first_seen FROM identity_identifier WHERE component = %s AND first_seen <= %s",
+                (component, as_of))
+    seen = dict(cur.fetchall())
+    if anchor not in seen:
+        return None
+    cur.execute("""SELECT event_key, event_id, type, event_time, identifiers, unlink FROM identity_link
+                   WHERE component = %s AND event_time <= %s""", (component, as_of))
+    evidence = [Evidence(k, i, t, at, tuple(ids), u) for k, i, t, at, ids, u in cur.fetchall()]
+    then = resolve_evidence(evidence, limits, seen)
+    then_id = then.customer_of[anchor]
+    keys = sorted(k for k, c in then.customer_of.items() if c == then_id)
+    cur.execute(f"SELECT {EVENT_COLUMNS} FROM customer_timeline WHERE home = ANY(%s) AND event_time <= %s",
+                (keys, as_of))
     events = [to_event(row) for row in cur.fetchall()]
     if not events:
         return None
-    state = customer_view.apply_all(customer_view.empty(survivor), events)
-    out = _out(orjson.loads(orjson.dumps(state)), as_of, _aliases_of(cur, [survivor]).get(survivor, []),
-               _identities_of(cur, [survivor]).get(survivor, {}),
-               requested=customer_id if customer_id != survivor else None)
+    state = customer_view.apply_all(customer_view.empty(then_id), events)
+    identities: dict[str, list[str]] = {}
+    for key in keys:
+        identities.setdefault(key.partition(":")[0], []).append(key.partition(":")[2])
+    out = _out(orjson.loads(orjson.dumps(state)), as_of, [], identities,
+               requested=customer_id if customer_id != then_id else None)
     out.as_of = as_of
     return out
 
@@ -186,14 +205,16 @@ def _search(db, q: str, limit: int, cursor: str | None) -> CustomerList:
 
 @router.get("/{customer_id}", response_model=CustomerOut, responses=NOT_FOUND)
 def get_customer(
-    customer_id: str, db: DatabaseDep,
-    as_of: Annotated[datetime | None, Query(description="RFC 3339 time: the view as it stood then")] = None,
+    customer_id: str, db: DatabaseDep, settings: SettingsDep,
+    as_of: Annotated[datetime | None, Query(description="RFC 3339 time: the view as it stood then, "
+                                                        "identity included")] = None,
 ) -> CustomerOut:
     """The unified view of one customer; an alias (a merged-away id) answers with the survivor."""
     if as_of is not None and as_of.tzinfo is None:
         raise HTTPException(400, "as_of needs a time zone offset, e.g. 2026-11-01T10:00:00Z")
     with db.cursor() as cur:
-        view = _load(cur, customer_id) if as_of is None else _load_as_of(cur, customer_id, as_of)
+        view = (_load(cur, customer_id) if as_of is None
+                else _load_as_of(cur, customer_id, as_of, settings.identity_limits))
     if view is None:
         raise HTTPException(404, f"no customer {customer_id!r}" + (f" with touchpoints by {as_of.isoformat()}"
                                                                     if as_of else ""))
