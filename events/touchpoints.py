@@ -208,17 +208,24 @@ class Address(BaseModel):
     country: Str200 | None = None
 
 
+PROFILE_TRAITS = ("name", "company", "address", "language", "birthday", "preferred_channel", "preferred_time")
+"""The traits a profile update may set; the view keeps each with its provenance."""
+
+
 class ProfileUpdated(TouchpointData):
     name: Str200 | None = None
     company: Str200 | None = None
     address: Address | None = None
     language: Str200 | None = None
     birthday: date | None = None
+    preferred_channel: Literal["email", "phone", "sms", "wechat", "mail"] | None = Field(
+        None, description="how the customer prefers to be contacted")
+    preferred_time: Literal["morning", "afternoon", "evening", "any"] | None = Field(
+        None, description="when the customer prefers to be contacted")
 
     @model_validator(mode="after")
     def _something(self) -> "ProfileUpdated":
-        if not any(getattr(self, f) is not None for f in ("name", "company", "address", "language", "birthday",
-                                                           "email", "phone")):
+        if not any(getattr(self, f) is not None for f in PROFILE_TRAITS + ("email", "phone")):
             raise ValueError("a profile update needs at least one trait")
         return self
 

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, Iterable
 
 from events.customer_events import CustomerEvent
+from events.touchpoints import PROFILE_TRAITS
 
 View = dict[str, Any]
 
@@ -110,7 +111,7 @@ def _apply(view: View, event: CustomerEvent) -> None:
         if ident_kind in ("email", "phone"):
             _set_trait(view, ident_kind, value, at, event)
     if kind == "profile.updated":
-        for name in ("name", "company", "address", "language", "birthday"):
+        for name in PROFILE_TRAITS:
             _set_trait(view, name, data.get(name), at, event)
     elif kind.startswith("order."):
         orders = view["orders"]

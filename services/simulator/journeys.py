@@ -649,6 +649,8 @@ class _Journey:
         self.emit("profile.updated", "crm", {
             "account_id": self.p.account_id, "email": self.email_as_written(), "phone": self.p.phone_as_typed,
             "name": self.p.name, "company": self.p.company, "address": self.p.address, "language": self.p.language,
+            "preferred_channel": ("wechat" if self.loc == "zh" else "sms", "phone", "email")[self.p.uid % 3],
+            "preferred_time": ("morning", "afternoon", "evening", "any")[self.p.uid // 3 % 4],
             "properties": {"trait_source": "web_signup", "latin_name": self.p.latin_name},
         })
 

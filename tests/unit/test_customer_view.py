@@ -23,7 +23,8 @@ def ce(n: int, minutes: int, type: str, data: dict | None = None, ids: tuple[str
 JOURNEY = [
     ce(1, 0, "web.page_viewed", {"url": "https://shop/p/1"}, ("anonymous_id:ck1",)),
     ce(2, 5, "web.page_viewed", {"url": "https://shop/login", "user_id": "u1"}, ("account_id:u1", "anonymous_id:ck1")),
-    ce(3, 6, "profile.updated", {"name": "王芳", "company": "海尔"}, ("account_id:u1", "email:wf@qq.com")),
+    ce(3, 6, "profile.updated", {"name": "王芳", "company": "海尔", "preferred_channel": "wechat",
+                                 "preferred_time": "evening"}, ("account_id:u1", "email:wf@qq.com")),
     ce(4, 10, "order.placed", {"order_id": "o1", "total": "199.5", "currency": "CNY"}, ("account_id:u1", "email:wf@qq.com")),
     ce(5, 11, "order.placed", {"order_id": "o2", "total": "20", "currency": "CNY"}, ("account_id:u1",)),
     ce(6, 30, "order.refunded", {"order_id": "o2", "amount": "20", "currency": "CNY"}, ("account_id:u1",)),
@@ -43,6 +44,9 @@ def test_a_journey_folds_into_the_expected_view():
     assert view["traits"]["email"]["value"] == "wf@qq.com" and view["traits"]["phone"]["value"] == "+8613800138000"
     assert view["traits"]["name"]["value"] == "Wang Fang"
     assert view["traits"]["company"]["value"] == "海尔"
+    assert (view["traits"]["preferred_channel"]["value"], view["traits"]["preferred_time"]["value"]) == \
+        ("wechat", "evening")
+    assert view["traits"]["preferred_channel"]["source"] == "profile"
     assert view["orders"]["count"] == 2
     assert view["orders"]["revenue"] == {"CNY": "219.5"}
     assert view["orders"]["refunded"] == {"CNY": "20"} and view["orders"]["refunds"] == 1
