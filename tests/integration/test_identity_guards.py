@@ -50,8 +50,8 @@ def test_a_family_phone_does_not_fuse_the_family(platform, unique):
     owners = dict(query(platform.dsn, "SELECT event_id, customer_id FROM customer_timeline WHERE event_id LIKE %s",
                         f"{unique}-%"))
     assert owners == {f"{unique}-1": li, f"{unique}-2": wang, f"{unique}-3": li}
-    assert query(platform.dsn, "SELECT refused FROM customer_timeline WHERE event_id = %s", f"{unique}-2") == \
-        [([f"phone:{phone}"],)]
+    items = query(platform.dsn, "SELECT key FROM customer_view_identifier WHERE customer_id = %s", wang)
+    assert items == [(f"account_id:wang-{unique}",)]
 
 
 def test_a_shared_computer_does_not_fuse_two_account_holders_in_any_arrival_order(platform, unique):
