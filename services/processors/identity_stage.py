@@ -222,7 +222,7 @@ class IdentityStage:
                     moved[key] = cid
                 old = stored.get(key)
                 if old is None or old.customer_id != cid or old.first_seen != seen[key] or old.component != label:
-                    identifier_rows.append([key, kind_of(key), cid, seen[key], label, old is None or old.customer_id != cid])
+                    identifier_rows.append((key, kind_of(key), cid, seen[key], label))
                 owner[key] = cid
 
         if moved:
@@ -244,7 +244,7 @@ class IdentityStage:
                     component = EXCLUDED.component,
                     version = CASE WHEN identity_identifier.customer_id = EXCLUDED.customer_id
                                    THEN identity_identifier.version ELSE EXCLUDED.version END""",
-                [(k, kind, cid, seen, label, version) for k, kind, cid, seen, label, _ in sorted(identifier_rows)],
+                [(*row, version) for row in sorted(identifier_rows)],
                 page_size=1000)
         if link_rows:
             execute_values(cur, """
