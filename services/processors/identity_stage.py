@@ -122,7 +122,7 @@ class IdentityStage:
         owner = {k: v.customer_id for k, v in known.items()}
         markers: list[IdentityMarker] = []
         if new_statements or earlier:
-            version, markers = self._resolve(cur, version, known, first, earlier, new_statements, owner, facts)
+            version, markers = self._resolve(cur, version, known, first, earlier, new_statements, owner)
 
         stated: set[str] = set()
         events = []
@@ -149,8 +149,7 @@ class IdentityStage:
         return {k: _Known(c, t, comp) for k, c, t, comp in cur.fetchall()}
 
     def _resolve(self, cur, version: int, known: dict[str, _Known], first: dict[str, Cause], earlier: set[str],
-                 new_statements: dict[str, Evidence], owner: dict[str, str], facts: list[_Facts]
-                 ) -> tuple[int, list[IdentityMarker]]:
+                 new_statements: dict[str, Evidence], owner: dict[str, str]) -> tuple[int, list[IdentityMarker]]:
         dirty = earlier | {k for ev in new_statements.values() for k in ev.identifiers}
         labels = sorted({known[k].component for k in dirty if k in known})
         stored = self._load_identifiers(cur, "component = ANY(%s)", labels) if labels else {}
@@ -183,17 +182,20 @@ class IdentityStage:
                     parent[max(a, b)] = min(a, b)
         groups: dict[str, dict] = {}
         for key in sorted(set(stored) | dirty):
-            g = groups.setdefault(find(node(key)), {"keys": set(), "labels": set()})
+            g = groups.setdefault(find(node(key)), {"keys": set(), "labels": set(), "evidence": {}, "new": {}})
             g["keys"].add(key)
             if key in stored:
                 g["labels"].add(stored[key].component)
+        # each statement (stored, or new or made earlier by this batch) to its group, once
+        for lk, (_, ev) in links.items():
+            groups[find(node(ev.identifiers[0]))]["evidence"][lk] = ev
+        for lk, ev in new_statements.items():
+            g = groups[find(node(ev.identifiers[0]))]
+            g["evidence"][lk] = g["new"][lk] = ev
         fresh = sum(1 for g in groups.values() if not g["labels"])
         if fresh:
             cur.execute("SELECT nextval('identity_component_seq') FROM generate_series(1, %s)", (fresh,))
             spare = [r[0] for r in cur.fetchall()]
-        statements_of = {lk: ev for lk, (_, ev) in links.items()}
-        statements_of.update(new_statements)
-        link_component = {lk: comp for lk, (comp, _) in links.items()}
 
         identifier_rows, relabel, link_rows, all_changes, anchors = [], [], [], [], {}
         moved: dict[str, str] = {}
@@ -201,18 +203,15 @@ class IdentityStage:
             label = min(g["labels"]) if g["labels"] else spare.pop()
             relabel += [(old, label) for old in g["labels"] if old != label]
             keys = g["keys"]
-            evidence = [ev for lk, ev in statements_of.items()
-                        if (link_component.get(lk) in g["labels"]) or (lk in new_statements and ev.identifiers[0] in keys)]
-            for lk, ev in new_statements.items():
-                if ev.identifiers[0] in keys:
-                    link_rows.append((lk, list(ev.identifiers), ev.unlink, ev.time, ev.event_key, ev.event_id,
-                                      ev.type, label))
+            evidence = list(g["evidence"].values())
+            link_rows += [(lk, list(ev.identifiers), ev.unlink, ev.time, ev.event_key, ev.event_id, ev.type, label)
+                          for lk, ev in g["new"].items()]
             seen = {k: min(stored[k].first_seen, first[k].time) if k in stored and k in first
                     else stored[k].first_seen if k in stored else first[k].time for k in keys}
             partition = resolve_evidence(evidence, self.limits, seen)
-            lowered = [first[k] for k in keys if k in earlier]
-            cause = min(lowered, key=lambda c: (c.time, c.event_key)) if lowered else \
-                next(Cause(f.tp.key, f.tp.id, f.tp.time) for f in facts if set(f.keys) & keys)
+            # name an event that lowered a first sighting, else any event of the batch in the group
+            lowered = [first[k] for k in keys if k in earlier] or [first[k] for k in keys if k in first]
+            cause = min(lowered, key=lambda c: (c.time, c.event_key))
             before = {k: stored[k].customer_id for k in keys if k in stored}
             all_changes += changes(before, partition, evidence, cause)
             anchors.update(partition.anchors)
