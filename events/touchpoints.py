@@ -76,6 +76,8 @@ class CallAnswered(CallData):
 class CallEnded(CallData):
     wait_seconds: float | None = Field(None, ge=0, le=86_400)
     talk_seconds: float = Field(ge=0, le=86_400)
+    hold_seconds: float = Field(0, ge=0, le=86_400, description="time the caller was on hold during the call")
+    wrap_seconds: float = Field(0, ge=0, le=86_400, description="after-call work by the agent")
     disposition: Str200 | None = None
     notes: Text = ""
 
@@ -156,6 +158,16 @@ class OrderShipped(OrderData):
 
 # --- surveys and tickets -----------------------------------------------------------------------
 
+class SurveySent(TouchpointData):
+    """A survey invitation went out (the denominator of the response rate)."""
+
+    survey_id: Str200
+    rated_touchpoint_id: Str200 | None = Field(None, description="id of the touchpoint to be rated")
+    rated_channel: Str200 | None = None
+    agent: Str200 | None = Field(None, description="the agent to be rated")
+    queue: Str200 | None = None
+
+
 class SurveyAnswered(TouchpointData):
     survey_id: Str200
     csat: int | None = Field(None, ge=1, le=5, description="customer satisfaction, 1-5")
@@ -194,6 +206,12 @@ class TicketReplied(TicketData):
 
 class TicketResolved(TicketData):
     resolution: Str200 | None = None
+
+
+class TicketReopened(TicketData):
+    """A resolved ticket is open again (a customer reply to a resolved ticket reopens it too)."""
+
+    reason: Str200 | None = None
 
 
 # --- profile, identity, consent ----------------------------------------------------------------
@@ -298,10 +316,12 @@ EVENT_TYPES: dict[str, EventType] = {t.name: t for t in (
     _t("order.paid", OrderPaid, "shop"),
     _t("order.refunded", OrderRefunded, "shop"),
     _t("order.shipped", OrderShipped, "shop"),
+    _t("survey.sent", SurveySent, "survey"),
     _t("survey.answered", SurveyAnswered, "survey"),
     _t("ticket.opened", TicketOpened, "ticket"),
     _t("ticket.replied", TicketReplied, "ticket"),
     _t("ticket.resolved", TicketResolved, "ticket"),
+    _t("ticket.reopened", TicketReopened, "ticket"),
     _t("profile.updated", ProfileUpdated, "profile"),
     _t("identity.linked", IdentityLinked, "identity"),
     _t("identity.unlinked", IdentityUnlinked, "identity"),

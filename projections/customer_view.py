@@ -17,13 +17,14 @@ from typing import Any, Iterable
 
 from events.customer_events import CustomerEvent
 from events.touchpoints import PROFILE_TRAITS
+from projections import satisfaction, sentiment
 
 View = dict[str, Any]
 
 CONTACT_TYPES = frozenset({
     "email.received", "email.sent", "call.started", "call.answered", "call.ended", "call.abandoned",
     "web.page_viewed", "web.session_started", "order.placed", "order.paid", "order.refunded", "order.shipped",
-    "survey.answered", "ticket.opened", "ticket.replied", "ticket.resolved",
+    "survey.answered", "ticket.opened", "ticket.replied", "ticket.resolved", "ticket.reopened",
 })
 """Touchpoint types that are a contact with the customer (profile, identity and consent events are not)."""
 
@@ -41,13 +42,43 @@ def empty(customer_id: str) -> View:
         "first_contact": None,
         "last_contact": None,
         "orders": {"count": 0, "counts": {}, "revenue": {}, "refunded": {}, "refunds": 0,
-                   "first_at": None, "last_at": None},
+                   "first_at": None, "last_at": None, "first_times": []},
         "tickets": {},
-        "satisfaction": {"answers": 0, "csat": None, "nps": None},
+        "satisfaction": {"answers": 0, "csat": None, "nps": None, "sentiment": []},
+        "inbound": [],
         "consent": {},
         "event_count": 0,
         "last_event_at": None,
     }
+
+
+def upgrade(view: View) -> View:
+    """A stored view with the fields added since it was written (in place; returns it)."""
+    view["orders"].setdefault("first_times", [])
+    view["satisfaction"].setdefault("sentiment", [])
+    view.setdefault("inbound", [])
+    return view
+
+
+FIRST_ORDERS = 3
+"""Order times kept: enough to tell a prospect from a new and a repeat customer at any moment."""
+
+SEGMENTS = ("prospect", "new", "repeat")
+
+
+def segment(view: View, at: datetime) -> str:
+    """The customer's segment at ``at``: by the orders placed before it (none, one or two, more)."""
+    moment = ts(at)
+    before = sum(1 for t in view["orders"]["first_times"] if t < moment)
+    return SEGMENTS[0] if before == 0 else SEGMENTS[1] if before < FIRST_ORDERS else SEGMENTS[2]
+
+
+def _keep(entries: list[dict], extra: list[dict], limit: int, *, latest: bool) -> list[dict]:
+    """The union of two lists of stamped entries, deduplicated, sorted by (at, event), bounded to
+    the latest (or earliest) ``limit``: commutative and idempotent, as merges need."""
+    unique = {e["event"]: e for e in entries + extra}
+    ordered = sorted(unique.values(), key=lambda e: (e["at"], e["event"]))
+    return ordered[-limit:] if latest else ordered[:limit]
 
 
 def _newer(a: dict | None, b: dict | None) -> dict | None:
@@ -102,6 +133,17 @@ def _apply(view: View, event: CustomerEvent) -> None:
         contact = {"at": at, "event": event.key, "type": kind, "channel": channel}
         view["first_contact"] = _older(view["first_contact"], contact)
         view["last_contact"] = _newer(view["last_contact"], contact)
+    if satisfaction.inbound_contact(event):
+        entry = {"at": at, "event": event.key, "channel": satisfaction.contact_channel(event),
+                 "queue": data.get("queue"), "agent": data.get("agent")}
+        view["inbound"] = _keep(view["inbound"], [entry], satisfaction.INBOUND_KEPT, latest=True)
+    text = satisfaction.customer_text(event)
+    if text:
+        score = sentiment.score(text)
+        if score is not None:
+            sat = view["satisfaction"]
+            sat["sentiment"] = _keep(sat["sentiment"], [{"at": at, "event": event.key, "value": score}],
+                                     satisfaction.SENTIMENT_KEPT, latest=True)
 
     # traits: contact identifiers are traits too (the latest email/phone the customer used; an
     # unlink names other people's identifiers after its first). Which identifiers the customer
@@ -122,12 +164,14 @@ def _apply(view: View, event: CustomerEvent) -> None:
             _add_money(orders["revenue"], currency, data.get("total", 0))
             orders["first_at"] = _min(orders["first_at"], at)
             orders["last_at"] = _max(orders["last_at"], at)
+            orders["first_times"] = sorted(set(orders["first_times"]) | {at})[:FIRST_ORDERS]
         elif kind == "order.refunded":
             orders["refunds"] += 1
             _add_money(orders["refunded"], currency, data.get("amount", 0))
     elif kind.startswith("ticket."):
         ticket_id = str(data.get("ticket_id"))
-        status = {"ticket.opened": "open", "ticket.replied": "open", "ticket.resolved": "resolved"}[kind]
+        status = {"ticket.opened": "open", "ticket.replied": "open", "ticket.resolved": "resolved",
+                  "ticket.reopened": "open"}[kind]
         update = {"status": status, "at": at, "event": event.key, "kind": data.get("kind", "service_request")}
         old = view["tickets"].get(ticket_id)
         view["tickets"][ticket_id] = _merge_ticket(old, update) if old else update
@@ -151,7 +195,7 @@ def _merge_ticket(a: dict, b: dict) -> dict:
 
 def apply_all(view: View, events: Iterable[CustomerEvent]) -> View:
     """Fold events into a copy of ``view``; the result does not depend on the order of ``events``."""
-    out = copy.deepcopy(view)
+    out = upgrade(copy.deepcopy(view))
     for event in events:
         _apply(out, event)
     return out
@@ -163,7 +207,8 @@ def apply(view: View, event: CustomerEvent) -> View:
 
 def merge(survivor: View, alias: View) -> View:
     """The view of one customer who did everything ``survivor`` and ``alias`` did."""
-    out = copy.deepcopy(survivor)
+    out = upgrade(copy.deepcopy(survivor))
+    alias = upgrade(copy.deepcopy(alias))
     for name, stamped in alias["traits"].items():
         out["traits"][name] = _newer(out["traits"].get(name), stamped)
     for channel, n in alias["contacts"].items():
@@ -180,6 +225,7 @@ def merge(survivor: View, alias: View) -> View:
             _add_money(o[book], currency, amount)
     o["first_at"] = _min(o["first_at"], a["first_at"])
     o["last_at"] = _max(o["last_at"], a["last_at"])
+    o["first_times"] = sorted(set(o["first_times"]) | set(a["first_times"]))[:FIRST_ORDERS]
     for ticket_id, ticket in alias["tickets"].items():
         mine = out["tickets"].get(ticket_id)
         out["tickets"][ticket_id] = _merge_ticket(mine, ticket) if mine else ticket
@@ -187,6 +233,8 @@ def merge(survivor: View, alias: View) -> View:
     s["answers"] += sa["answers"]
     for metric in ("csat", "nps"):
         s[metric] = _newer(s[metric], sa[metric])
+    s["sentiment"] = _keep(s["sentiment"], sa["sentiment"], satisfaction.SENTIMENT_KEPT, latest=True)
+    out["inbound"] = _keep(out["inbound"], alias["inbound"], satisfaction.INBOUND_KEPT, latest=True)
     for slot, stamped in alias["consent"].items():
         out["consent"][slot] = _newer(out["consent"].get(slot), stamped)
     out["event_count"] += alias["event_count"]
@@ -231,4 +279,5 @@ def summary(view: View) -> dict[str, Any]:
                                   if v["status"] == "open" and v.get("kind") == "complaint"),
         "net_revenue": net,
         "contacts_total": sum(view["contacts"].values()),
+        "satisfaction": satisfaction.assess(upgrade(view)),
     }

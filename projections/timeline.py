@@ -32,11 +32,13 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "order.paid": lambda d: f"Order {d.get('order_id')} paid: {_money(d, 'amount')}",
     "order.refunded": lambda d: f"Order {d.get('order_id')} refunded: {_money(d, 'amount')}",
     "order.shipped": lambda d: f"Order {d.get('order_id')} shipped",
+    "survey.sent": lambda d: f"Survey {d.get('survey_id')} sent",
     "survey.answered": lambda d: "Survey answered: " + ", ".join(
         f"{k.upper()} {d[k]}" for k in ("csat", "nps") if d.get(k) is not None),
     "ticket.opened": lambda d: f"Ticket {d.get('ticket_id')} opened ({d.get('kind', 'service_request')}): {d.get('subject', '')}",
     "ticket.replied": lambda d: f"Ticket {d.get('ticket_id')}: reply from the {d.get('author', 'agent')}",
     "ticket.resolved": lambda d: f"Ticket {d.get('ticket_id')} resolved",
+    "ticket.reopened": lambda d: f"Ticket {d.get('ticket_id')} reopened",
     "profile.updated": lambda d: "Profile updated: " + ", ".join(
         k for k in ("name", "company", "address", "language", "birthday", "email", "phone") if d.get(k)),
     "identity.linked": lambda d: f"Identities linked ({d.get('reason', 'explicit link')})",

@@ -14,7 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from services.api.deps import Database
 from services.common.publisher import KafkaPublisher
-from services.api.routes import customers
+from services.api.live import Hub
+from services.api.routes import customers, indicators
 from services.common.settings import Settings
 
 REQUESTS = Counter("crm_api_requests_total", "HTTP requests", ["route", "status"])
@@ -27,17 +28,22 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await app.state.hub.start()
         yield
+        await app.state.hub.stop()
         app.state.db.close()
         app.state.publisher.close()
 
     app = FastAPI(title="CRM query API", version="1", lifespan=lifespan,
-                  description="The unified customer view and its timeline, read from the projections.")
+                  description="The unified customer view and its timeline, and the satisfaction indicators "
+                              "(values, per-minute series, a live stream), read from the projections.")
     app.state.settings = settings
     app.state.db = db or Database(settings.pg_dsn)
     app.state.publisher = publisher or KafkaPublisher(settings.kafka_bootstrap, client_id="crm-api",
                                                       ack_timeout_s=settings.kafka_ack_timeout_s)
+    app.state.hub = Hub(settings.kafka_bootstrap)
     app.include_router(customers.router)
+    app.include_router(indicators.router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -71,7 +77,9 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
             database = "ok"
         except psycopg2.Error as exc:
             database = f"unavailable: {exc}".strip()
-        return {"status": "ok", "service": "crm-api", "database": database}
+        hub = app.state.hub
+        live = "ok" if hub.ready.is_set() else f"connecting: {hub.error or 'not yet'}"
+        return {"status": "ok", "service": "crm-api", "database": database, "live_stream": live}
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -48,10 +48,30 @@ class Ticket(BaseModel):
     at: str
 
 
+class RiskReason(BaseModel):
+    code: Literal["low_csat", "detractor", "negative_sentiment", "repeat_contacts", "open_complaint"]
+    detail: str
+    at: str = Field(description="event time of the touchpoint that raised it")
+    event: str | None = Field(None, description="the touchpoint's key, when one touchpoint raised it")
+
+
+class SentimentScore(BaseModel):
+    at: str
+    event: str
+    value: float = Field(description="-1 (very negative) .. +1 (very positive)")
+
+
 class Satisfaction(BaseModel):
     answers: int
     csat: StampedValue | None
     nps: StampedValue | None
+    sentiment: list[SentimentScore] = Field(default_factory=list,
+                                            description="scores of the latest texts the customer wrote")
+    index: float | None = Field(None, description="satisfaction index 0-100 (None: nothing known yet)")
+    components: dict[str, float | None] = Field(default_factory=dict,
+                                                description="csat, nps and sentiment, each on 0-100")
+    at_risk: bool = False
+    reasons: list[RiskReason] = Field(default_factory=list, description="why the customer is at risk")
 
 
 class CustomerOut(BaseModel):
@@ -140,3 +160,47 @@ class Timeline(BaseModel):
     customer_id: str
     items: list[TimelineItem]
     next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null at the end")
+
+
+class IndicatorValue(BaseModel):
+    value: float | None = Field(description="null when there is no sample")
+    count: float = Field(description="sample size: the indicator's denominator (answers, calls, contacts, ...)")
+    unit: str
+
+
+class IndicatorSlice(BaseModel):
+    dimension: Literal["all", "channel", "queue", "agent", "segment"]
+    member: str = Field(description="the dimension's value ('' for all)")
+    window: Literal["5m", "1h", "24h", "7d"]
+    indicators: dict[str, IndicatorValue]
+
+
+class IndicatorsOut(BaseModel):
+    end: datetime = Field(description="the windows end here (the current minute included)")
+    items: list[IndicatorSlice]
+
+
+class IndicatorDefinition(BaseModel):
+    name: str
+    unit: str
+    better: Literal["higher", "lower"]
+    en: str
+    zh: str
+    numerator: list[str] = Field(description="summed measures (a second one is subtracted)")
+    denominator: str
+
+
+class SeriesPoint(BaseModel):
+    minute: datetime
+    values: dict[str, float | None]
+    counts: dict[str, float]
+    late: dict[str, float] = Field(description="samples of the minute that arrived after the allowed lateness")
+
+
+class IndicatorSeries(BaseModel):
+    dimension: str
+    member: str
+    start: datetime
+    end: datetime
+    indicators: list[str]
+    points: list[SeriesPoint]

@@ -1,6 +1,7 @@
 """PostgreSQL access shared by the services: connections and schema migrations."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib import resources
 
@@ -14,6 +15,11 @@ def connect(dsn: str, *, application_name: str = "crm", autocommit: bool = False
     conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=5)
     conn.autocommit = autocommit
     return conn
+
+
+def lock_id(name: str) -> int:
+    """The advisory-lock number of a name (64-bit hash)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def migrations() -> list[tuple[str, str]]:

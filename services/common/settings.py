@@ -5,7 +5,7 @@ down; nothing deeper in the code reads the environment.
 """
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,8 +44,49 @@ class Settings(BaseSettings):
     batch_within_s: float = 0.05
     processor_web_port: int = 6066
 
+    # satisfaction indicators
+    business_hours: dict = Field(
+        default_factory=lambda: {"timezone": "Asia/Shanghai",
+                                 "hours": {d: ["09:00", "18:00"] for d in ("mon", "tue", "wed", "thu", "fri")},
+                                 "holidays": []},
+        description="service desk calendar as JSON: timezone, opening hours per weekday, holidays "
+                    "(CRM_BUSINESS_HOURS); business-hours response and resolution times use it")
+    indicator_max_lateness_s: float = Field(
+        7 * 24 * 3600, gt=0,
+        description="an event arriving more than this many seconds after its event time is kept in the "
+                    "per-minute history but left out of the live windows (CRM_INDICATOR_MAX_LATENESS_S)")
+    indicator_alerts: list[dict] = Field(
+        default_factory=lambda: [
+            {"name": "csat-low", "indicator": "csat", "window": "1h", "dimension": "channel", "below": 80,
+             "min_count": 5},
+            {"name": "abandonment-high", "indicator": "abandonment_rate", "window": "1h", "dimension": "queue",
+             "above": 10, "min_count": 10},
+            {"name": "service-level-low", "indicator": "service_level", "window": "1h", "dimension": "queue",
+             "below": 80, "min_count": 10},
+        ],
+        description="threshold alerts as a JSON list (CRM_INDICATOR_ALERTS), each: name, indicator, window, "
+                    "dimension (all|channel|queue|agent|segment), optional member, below or above, min_count")
+    indicator_refresh_s: float = Field(30.0, gt=0, description="how often the live stream re-sends a snapshot "
+                                                               "(values change as time passes, too)")
+
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("business_hours")
+    @classmethod
+    def _calendar(cls, value: dict) -> dict:
+        from projections.business_hours import Calendar
+
+        Calendar.from_config(value)
+        return value
+
+    @field_validator("indicator_alerts")
+    @classmethod
+    def _alerts(cls, value: list[dict]) -> list[dict]:
+        from projections.alerts import rules
+
+        rules(value)
+        return value
 
 
 def load() -> Settings:

@@ -18,7 +18,10 @@ import psycopg2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.settings import Settings
+from projections import alerts
+from projections.business_hours import Calendar
 from services.processors.identity_stage import IdentityStage
+from services.processors.indicator_stage import IndicatorProjection
 from services.processors.records import Output, Record
 from services.processors.runner import BatchRunner, load_offsets
 from services.processors.view_stage import ViewStage
@@ -113,8 +116,12 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
             await asyncio.gather(*futures)
 
     for name in stages:
-        stage = (IdentityStage(settings.default_region, settings.identity_limits) if name == "identity"
-                 else STAGES[name]())
+        if name == "identity":
+            stage = IdentityStage(settings.default_region, settings.identity_limits)
+        else:
+            stage = ViewStage(IndicatorProjection(Calendar.from_config(settings.business_hours),
+                                                  settings.indicator_max_lateness_s,
+                                                  alerts.rules(settings.indicator_alerts)))
         runner = BatchRunner(stage, settings.pg_dsn, settings.processor_id, publish)
         runners.append(runner)
         topic = app.topic(stage.topic, key_type=bytes, value_type=bytes, key_serializer="raw",

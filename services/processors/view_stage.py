@@ -21,26 +21,24 @@ a fixed order, keep concurrent workers apart.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
+from datetime import datetime
 
 import orjson
 from psycopg2.extras import execute_values
 
 from events.customer_events import MERGED, CustomerEvent, IdentityMarker, decode
-from projections import customer_view
+from projections import customer_view, satisfaction
 from projections.identity import event_home, kind_of
 from projections.timeline import summarize
+from services.common.db import lock_id
 from services.common.timeline import EVENT_COLUMNS, to_event
 from services.common.topics import CUSTOMER_EVENTS
+from services.processors.indicator_stage import IndicatorProjection
 from services.processors.records import Output, Record, deadletter
 
 log = logging.getLogger(__name__)
-
-
-def _lock_id(name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 class _Batch:
@@ -52,10 +50,11 @@ class _Batch:
         self.deleted: set[str] = set()
         self.dirty: set[str] = set()
         self.stored_terms: dict[str, set[str]] = {}  # search terms of views as loaded
+        self.loaded: dict[str, customer_view.View | None] = {}  # views as they were before the batch
 
     def lock(self, names) -> None:
         """Take these advisory locks at once, in a fixed order (callers take each kind once)."""
-        wanted = sorted({_lock_id(n) for n in names})
+        wanted = sorted({lock_id(n) for n in names})
         if wanted:
             self.cur.execute("SELECT count(pg_advisory_xact_lock(h)) FROM unnest(%s::bigint[]) AS h", (wanted,))
 
@@ -64,8 +63,9 @@ class _Batch:
         missing = sorted(set(ids) - set(self.views) - self.deleted - set(self.stored_terms))
         if missing:
             self.cur.execute("SELECT customer_id, state FROM customer_view WHERE customer_id = ANY(%s)", (missing,))
-            found = dict(self.cur.fetchall())
+            found = {cid: customer_view.upgrade(state) for cid, state in self.cur.fetchall()}
             for cid in missing:
+                self.loaded[cid] = found.get(cid)
                 if cid in found:
                     self.views[cid] = found[cid]
                 self.stored_terms[cid] = customer_view.search_terms(found[cid]) if cid in found else set()
@@ -111,16 +111,20 @@ class _Batch:
         for cid in sorted(self.dirty):
             view = self.views[cid]
             first = view["first_contact"]["at"] if view["first_contact"] else None
+            sat = satisfaction.assess(view)
             rows.append((cid, orjson.dumps(view).decode(), customer_view.display_name(view), view["event_count"],
-                         first, view["last_event_at"]))
+                         first, view["last_event_at"], sat["index"], sat["at_risk"],
+                         [r["code"] for r in sat["reasons"]]))
         if rows:
             execute_values(self.cur, """
-                INSERT INTO customer_view (customer_id, state, display_name, event_count, first_seen_at, last_event_at)
+                INSERT INTO customer_view (customer_id, state, display_name, event_count, first_seen_at, last_event_at,
+                                           satisfaction_index, at_risk, at_risk_reasons)
                 VALUES %s ON CONFLICT (customer_id) DO UPDATE SET state = EXCLUDED.state,
                     display_name = EXCLUDED.display_name, event_count = EXCLUDED.event_count,
                     first_seen_at = EXCLUDED.first_seen_at, last_event_at = EXCLUDED.last_event_at,
-                    updated_at = now()""",
-                rows, template="(%s, %s::jsonb, %s, %s, %s, %s)", page_size=1000)
+                    satisfaction_index = EXCLUDED.satisfaction_index, at_risk = EXCLUDED.at_risk,
+                    at_risk_reasons = EXCLUDED.at_risk_reasons, updated_at = now()""",
+                rows, template="(%s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s::text[])", page_size=1000)
 
     def _save_terms(self) -> None:
         """Rewrite the search terms of the customers whose name or company changed (or who are gone)."""
@@ -137,13 +141,20 @@ class _Batch:
 
 
 class ViewStage:
+    """The projections of crm.customer-events: the unified customer view and, in the same
+    transaction, the satisfaction indicators (``indicators``; None leaves them out)."""
+
     name = "customer_view"
     topic = CUSTOMER_EVENTS
+
+    def __init__(self, indicators: IndicatorProjection | None = None):
+        self.indicators = indicators
 
     def prepare(self, cur, records: list[Record]) -> list[Output]:
         outputs: list[Output] = []
         events: list[CustomerEvent] = []
         markers: list[IdentityMarker] = []
+        arrived: dict[str, datetime] = {}
         for record in records:
             try:
                 item = decode(record.value or b"")
@@ -152,6 +163,8 @@ class ViewStage:
                                           reason=f"not a customer event: {type(exc).__name__}: {exc}"))
                 continue
             (markers if isinstance(item, IdentityMarker) else events).append(item)
+            if isinstance(item, CustomerEvent):
+                arrived.setdefault(item.key, record.timestamp)
         if not events and not markers:
             return outputs
 
@@ -185,6 +198,11 @@ class ViewStage:
         self._fold(batch, fresh, homes, owner_of, refolded)
         self._record(cur, markers)
         batch.save()
+        if self.indicators is not None:
+            touched = batch.dirty | batch.deleted
+            outputs += self.indicators.apply(
+                cur, fresh, arrived, {e.key: owner_of[homes[e.key]] for e in fresh},
+                {c: batch.loaded.get(c) for c in touched}, {c: batch.views.get(c) for c in touched})
         return outputs
 
     @staticmethod

@@ -14,6 +14,11 @@ Each customer follows one of a few archetypes that match the customer lifecycle 
 - ``complainer`` a buyer whose delivery goes wrong: calls, complaint emails, a complaint ticket,
   often a refund, a bad survey and withdrawn marketing consent (a customer being lost, 流失客户).
 
+After a call, an email thread or a delivery most customers are sent a survey (``survey.sent``, a few
+minutes after the interaction) and only some answer it (``survey.answered``, about 40 %). Some
+tickets come back: the customer replies "still not fixed" to a resolved ticket, which reopens it
+(``ticket.reopened``) until an agent resolves it again.
+
 Identity is realistic on purpose: the web login carries the cookie and the account id together,
 the profile update carries account id, email and phone together, orders carry account id and
 email, while calls carry only the phone number and emails only the address. The platform has to
@@ -42,6 +47,11 @@ _UID_SPACE = 10**7  # customers per seed that get distinct identifiers
 _UID_STEP = 7_368_787  # coprime with 10**7, so index -> uid is a bijection within the space
 _PHONE_SPACE = 10**8
 _PHONE_STEP = 48_271_093  # coprime with 10**8
+
+ANSWER_RATE = 0.35
+"""The share of sent surveys a customer answers (the response rate of demo traffic)."""
+REOPEN_SHARE = 0.28
+"""The share of tickets the customer reopens after they were resolved ("still not fixed")."""
 
 ARCHETYPES: tuple[tuple[str, int], ...] = (
     ("prospect", 20), ("caller", 10), ("emailer", 7), ("buyer", 33), ("repeat", 15), ("complainer", 15),
@@ -257,6 +267,24 @@ _TICKET_AGENT_REPLY = {
 _TICKET_CUSTOMER_REPLY = {
     "zh": "好的，希望这次能尽快处理，谢谢。",
     "en": "OK, I hope it gets sorted quickly this time. Thanks.",
+}
+_TICKET_STILL_BROKEN = {  # the customer answers a resolved ticket: it is not fixed after all
+    "zh": {"refund": "退款到现在还没有到账，问题还是没有解决。",
+           "replace": "补发的商品还是没有收到，问题还是没有解决，请尽快处理！",
+           "install": "安装师傅没有按约定上门，问题还是没有解决。"},
+    "en": {"refund": "The refund still hasn't arrived. This is still not fixed.",
+           "replace": "I still haven't received the replacement - still not fixed, please sort it out.",
+           "install": "The installer never showed up, so this is still not fixed."},
+}
+_REOPEN_REASONS = {
+    "zh": {"refund": "客户回复：退款未到账", "replace": "客户回复：补发商品未收到", "install": "客户回复：师傅未上门"},
+    "en": {"refund": "customer reply: refund not received", "replace": "customer reply: replacement not received",
+           "install": "customer reply: installer did not come"},
+}
+_TICKET_AGENT_FOLLOW_UP = {
+    "zh": "非常抱歉，我们已经重新跟进您的问题并加急处理：{fix}。如仍有问题请随时回复。",
+    "en": "We are sorry this is still not sorted. We have followed up again and expedited it: {fix}. "
+          "Please reply if anything is still wrong.",
 }
 _FIXES = {
     "zh": {"refund": "已为您办理全额退款，3-5个工作日到账", "replace": "已为您补发新的商品，顺丰次日达",
@@ -492,6 +520,7 @@ class _Journey:
         self.loc = persona.locale
         self.t = 0.0
         self.events: list[tuple[float, int, dict[str, Any]]] = []
+        self.times: dict[str, float] = {}  # event id -> relative time, to place surveys after what they rate
         self.counter = 0
         self.orders: list[tuple[str, Decimal, list[Product]]] = []
         self.last_tracking = ""
@@ -523,7 +552,9 @@ class _Journey:
         if subject is not None:
             event["subject"] = subject
         event["data"] = {k: v for k, v in data.items() if v is not None}
-        self.events.append((self.t if at is None else at, step, event))
+        when = self.t if at is None else at
+        self.events.append((when, step, event))
+        self.times[event["id"]] = when
         return event["id"]
 
     def agent(self) -> str:
@@ -675,11 +706,14 @@ class _Journey:
         agent = self.agent()
         self.emit("call.answered", "cti", {**base, "agent": agent, "wait_seconds": wait}, subject=call_id)
         talk = round(self.rng.uniform(45, 900), 1)
-        self.t += talk
+        hold = round(self.rng.uniform(10, 120), 1) if self.rng.random() < 0.35 else 0.0  # "let me check that"
+        wrap = round(self.rng.uniform(15, 90), 1)  # after-call work once the caller has hung up
+        self.t += talk + hold
         disposition = {"presales": "information_provided", "delivery": "resolved", "complaint": "escalated",
                        "service": "follow_up"}[topic]
         notes = _CALL_NOTES[self.loc][topic].format(**fmt)
         ended = self.emit("call.ended", "cti", {**base, "agent": agent, "wait_seconds": wait, "talk_seconds": talk,
+                                                "hold_seconds": hold, "wrap_seconds": wrap,
                                                 "disposition": disposition, "notes": notes}, subject=call_id)
         return ended, agent
 
@@ -722,16 +756,30 @@ class _Journey:
     # --- surveys and tickets ----------------------------------------------------------------------
 
     def survey(self, mood: str, *, rated: str | None, channel: str, agent: str | None, queue: str | None,
-               ids: dict[str, str]) -> None:
+               ids: dict[str, str], answer_after: tuple[float, float], answer_rate: float = ANSWER_RATE,
+               after: float | None = None) -> str | None:
+        """Send a survey shortly after the rated interaction; the customer answers only sometimes.
+
+        ``survey.sent`` goes out 1-10 minutes after the rated touchpoint (or after ``after``, or now,
+        when nothing in particular is rated); the answer, if any, comes ``answer_after`` later than
+        the journey's current time. Returns the ``survey.answered`` id, or None when left unanswered.
+        """
+        survey_id = f"SV-{self.p.uid:07d}-{self.serial():02d}"
+        rated_at = self.times[rated] if rated is not None else (self.t if after is None else after)
+        sent_at = rated_at + self.rng.uniform(60, 600)
+        about = {"rated_touchpoint_id": rated, "rated_channel": channel, "agent": agent, "queue": queue}
+        self.emit("survey.sent", "survey", {**ids, "survey_id": survey_id, **about}, at=sent_at, subject=survey_id)
+        if self.rng.random() >= answer_rate:
+            return None
+        self.t = max(self.t, sent_at) + self.rng.uniform(*answer_after)
         csat = {"good": self.rng.choice((4, 5, 5)), "neutral": 3, "bad": self.rng.choice((1, 1, 2))}[mood]
         nps = {"good": self.rng.randint(8, 10), "neutral": self.rng.randint(5, 7), "bad": self.rng.randint(0, 4)}[mood]
         shape = self.rng.random()
-        self.emit("survey.answered", "survey", {
-            **ids, "survey_id": f"SV-{self.p.uid:07d}-{self.serial():02d}",
+        return self.emit("survey.answered", "survey", {
+            **ids, "survey_id": survey_id,
             "csat": csat if shape < 0.8 else None, "nps": nps if shape > 0.5 else None,
-            "comment": self.comment(mood, channel) if self.rng.random() < 0.8 else "",
-            "rated_touchpoint_id": rated, "rated_channel": channel, "agent": agent, "queue": queue,
-        })
+            "comment": self.comment(mood, channel) if self.rng.random() < 0.8 else "", **about,
+        }, subject=survey_id)
 
     def ticket(self, kind: str, channel: str, ids: dict[str, str], *, fix: str, priority: str,
                customer_replies: bool, resolve_after: tuple[float, float], **fmt: str) -> str:
@@ -751,8 +799,22 @@ class _Journey:
             self.emit("ticket.replied", "helpdesk", {**base, "author": "customer",
                                                      "body_text": _TICKET_CUSTOMER_REPLY[self.loc]}, subject=ticket_id)
         self.later(*resolve_after)
-        self.emit("ticket.resolved", "helpdesk", {**base, "agent": agent, "resolution": _FIXES[self.loc][fix]},
-                  subject=ticket_id)
+        resolved = {**base, "agent": agent, "resolution": _FIXES[self.loc][fix]}
+        self.emit("ticket.resolved", "helpdesk", resolved, subject=ticket_id)
+        if self.rng.random() < REOPEN_SHARE:  # "still not fixed": the customer's reply reopens the ticket
+            self.later(2 * 3600, 30 * 3600)
+            self.emit("ticket.replied", "helpdesk", {**base, "author": "customer",
+                                                     "body_text": _TICKET_STILL_BROKEN[self.loc][fix]},
+                      subject=ticket_id)
+            self.later(1, 30)
+            self.emit("ticket.reopened", "helpdesk", {**base, "agent": agent,
+                                                      "reason": _REOPEN_REASONS[self.loc][fix]}, subject=ticket_id)
+            self.later(600, 7200)
+            self.emit("ticket.replied", "helpdesk", {
+                **base, "agent": agent, "author": "agent",
+                "body_text": _TICKET_AGENT_FOLLOW_UP[self.loc].format(fix=_FIXES[self.loc][fix])}, subject=ticket_id)
+            self.later(3 * 3600, 24 * 3600)
+            self.emit("ticket.resolved", "helpdesk", resolved, subject=ticket_id)
         return ticket_id
 
     # --- archetypes -------------------------------------------------------------------------------
@@ -780,10 +842,9 @@ class _Journey:
             self.ticket("service_request", "phone", phone, fix="install", priority="normal", customer_replies=False,
                         resolve_after=(3600, 86_400), product=product.name(self.loc), city=self.p.city,
                         order_id="-")
-        if self.rng.random() < 0.5:
-            self.later(120, 1800)
+        if self.rng.random() < 0.8:
             self.survey(self.rng.choice(("good", "good", "neutral")), rated=ended, channel="phone", agent=agent,
-                        queue="presales", ids=phone)
+                        queue="presales", ids=phone, answer_after=(120, 1800))
         if self.rng.random() < 0.3:
             self.later(86_400, 3 * 86_400)
             self.call("presales", "presales", **fmt)
@@ -797,10 +858,9 @@ class _Journey:
             follow = (_FOLLOW_UP[self.loc].format(**fmt), _FOLLOW_UP_ANSWER[self.loc])
         sent, agent = self.email_thread(subject.format(**fmt), body.format(**fmt),
                                         _QUESTION_ANSWER[self.loc].format(**fmt), follow_up=follow)
-        if self.rng.random() < 0.5:
-            self.later(3600, 86_400)
+        if self.rng.random() < 0.8:
             self.survey(self.rng.choice(("good", "good", "neutral")), rated=sent, channel="email", agent=agent,
-                        queue="presales", ids={"email": self.p.email})
+                        queue="presales", ids={"email": self.p.email}, answer_after=(3600, 86_400))
 
     def _first_purchase(self, *, ship_after: tuple[float, float]) -> tuple[str, float, list[Product]]:
         """Anonymous browsing, login, profile, order: the common start of every buyer archetype."""
@@ -844,18 +904,19 @@ class _Journey:
                                              _WHERE_IS_ORDER_ANSWER[self.loc].format(**fmt))
             channel, queue = "email", "aftersales"
         self.t = max(self.t, shipped_at) + self.rng.uniform(86_400, 2 * 86_400)  # delivered
+        delivered = self.t
         installable = [p for p in products if p.sku in _INSTALLABLE]
         if installable and self.rng.random() < 0.5:
             fmt["product"] = installable[0].name(self.loc)
             self.ticket("service_request", "web", {"account_id": self.p.account_id, "email": self.p.email},
                         fix="install", priority="normal", customer_replies=False, resolve_after=(3600, 86_400), **fmt)
             self.later(600, 7200)
-        if self.rng.random() < 0.65:
+        if self.rng.random() < 0.9:
             ids = ({"phone": self.p.phone} if channel == "phone" else
                    {"email": self.p.email} if channel == "email" else
                    {"account_id": self.p.account_id, "email": self.p.email})
             self.survey(self.rng.choice(("good", "good", "good", "neutral")), rated=rated, channel=channel,
-                        agent=agent, queue=queue, ids=ids)
+                        agent=agent, queue=queue, ids=ids, after=delivered, answer_after=(600, 7200))
         if self.rng.random() < 0.1:
             self.later(3600, 86_400)
             total = self.orders[-1][1]
@@ -865,7 +926,8 @@ class _Journey:
         _, shipped_at, _ = self._first_purchase(ship_after=(3 * 3600, 24 * 3600))
         self.t = shipped_at + self.rng.uniform(20 * 3600, 30 * 3600)
         self.survey("good", rated=None, channel="shop", agent=None, queue=None,
-                    ids={"account_id": self.p.account_id, "email": self.p.email})
+                    ids={"account_id": self.p.account_id, "email": self.p.email}, answer_after=(600, 6 * 3600),
+                    answer_rate=0.5)
         second_cookie = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         for n in range(self.rng.randint(1, 3)):
             self.later(12 * 3600, 36 * 3600)
@@ -886,8 +948,8 @@ class _Journey:
                 self.t = shipped_at + self.rng.uniform(1800, 6 * 3600)
                 ended, agent = self.call("vip", "delivery", order_id=order_id,
                                          product=products[0].name(self.loc))
-                self.later(300, 3600)
-                self.survey("good", rated=ended, channel="phone", agent=agent, queue="vip", ids={"phone": self.p.phone})
+                self.survey("good", rated=ended, channel="phone", agent=agent, queue="vip", ids={"phone": self.p.phone},
+                            answer_after=(300, 3600), answer_rate=0.5)
             self.t = max(self.t, shipped_at)
 
     def _complainer(self) -> None:
@@ -919,10 +981,10 @@ class _Journey:
             self.later(600, 7200)
             total = self.orders[-1][1]
             self.refund(order_id, total, problem)
-        if self.rng.random() < 0.85:
-            self.later(1800, 86_400)
+        if self.rng.random() < 0.95:
             self.survey(self.rng.choice(("bad", "bad", "neutral")), rated=ended, channel="phone", agent=agent,
-                        queue="complaints", ids={"phone": self.p.phone})
+                        queue="complaints", ids={"phone": self.p.phone}, answer_after=(1800, 86_400),
+                        answer_rate=0.55)  # angry customers answer more often than the rest
         if self.rng.random() < 0.4:
             self.later(3600, 86_400)
             self.consent(False, "all")

@@ -30,7 +30,8 @@ LATIN_WORD = re.compile(r"[A-Za-z]{3,}")
 EXPECTED_TYPES = {
     "web.session_started", "web.page_viewed", "profile.updated", "order.placed", "order.paid", "order.shipped",
     "call.started", "call.answered", "call.ended", "call.abandoned", "email.received", "email.sent",
-    "survey.answered", "ticket.opened", "ticket.replied", "ticket.resolved", "order.refunded", "consent.changed",
+    "survey.sent", "survey.answered", "ticket.opened", "ticket.replied", "ticket.resolved", "ticket.reopened",
+    "order.refunded", "consent.changed",
 }
 
 
@@ -186,6 +187,93 @@ def test_call_ends_after_it_was_answered(journeys: dict[int, list[dict]]) -> Non
         for steps in calls.values():
             assert steps in (["call.started", "call.answered", "call.ended"], ["call.started", "call.abandoned"])
 
+
+
+def test_calls_report_hold_and_wrap_up_time(events: list[dict]) -> None:
+    ended = [e["data"] for e in events if e["type"] == "call.ended"]
+    assert ended
+    for data in ended:
+        assert data["hold_seconds"] == 0 or 10 <= data["hold_seconds"] <= 120, data
+        assert 15 <= data["wrap_seconds"] <= 90, data
+    held = sum(1 for d in ended if d["hold_seconds"] > 0)
+    assert 0 < held < len(ended), "some callers are put on hold, most are not"
+
+
+_RATING = ("rated_touchpoint_id", "rated_channel", "agent", "queue", "email", "phone", "account_id", "anonymous_id")
+
+
+def test_every_survey_answer_follows_its_survey_invitation(journeys: dict[int, list[dict]]) -> None:
+    answered = 0
+    for i, journey in journeys.items():
+        sent = {e["data"]["survey_id"]: e for e in journey if e["type"] == "survey.sent"}
+        assert len(sent) == sum(1 for e in journey if e["type"] == "survey.sent"), "one invitation per survey"
+        by_id = {e["id"]: e for e in journey}
+        for invite in sent.values():
+            rated = invite["data"].get("rated_touchpoint_id")
+            if rated is not None:  # sent shortly after the interaction it asks about
+                gap = _time(invite) - _time(by_id[rated])
+                assert timedelta(minutes=1) <= gap <= timedelta(minutes=10), (i, gap)
+        for answer in (e for e in journey if e["type"] == "survey.answered"):
+            invite = sent.get(answer["data"]["survey_id"])
+            assert invite is not None, (i, answer["data"]["survey_id"])
+            assert _time(invite) < _time(answer), i
+            assert journey.index(invite) < journey.index(answer), i
+            for field in _RATING:
+                assert invite["data"].get(field) == answer["data"].get(field), (i, field)
+            answered += 1
+    assert answered > 20
+
+
+def test_response_rate_is_realistic() -> None:
+    events = list(JourneyGenerator(seed=7, start=START).stream(CUSTOMERS))
+    types = Counter(e["type"] for e in events)
+    assert types["survey.sent"] > 100
+    assert 0.2 <= types["survey.answered"] / types["survey.sent"] <= 0.7, types
+
+
+def test_some_tickets_are_reopened_and_resolved_again(journeys: dict[int, list[dict]]) -> None:
+    tickets = reopened = 0
+    for journey in journeys.values():
+        steps: dict[str, list[dict]] = {}
+        for e in journey:
+            if e["type"].startswith("ticket."):
+                steps.setdefault(e["data"]["ticket_id"], []).append(e)
+        for history in steps.values():
+            tickets += 1
+            kinds = [e["type"] for e in history]
+            assert kinds[0] == "ticket.opened" and kinds[-1] == "ticket.resolved", kinds
+            if "ticket.reopened" not in kinds:
+                assert kinds.count("ticket.resolved") == 1, kinds
+                continue
+            reopened += 1
+            at = kinds.index("ticket.reopened")
+            assert kinds.count("ticket.reopened") == 1 and kinds.count("ticket.resolved") == 2, kinds
+            assert kinds[at - 2] == "ticket.resolved" and kinds[at - 1] == "ticket.replied", kinds
+            complaint = history[at - 1]["data"]
+            assert complaint["author"] == "customer" and complaint["body_text"]
+            after = kinds[at + 1:]
+            assert "ticket.resolved" in after and "ticket.replied" in after
+            assert history[at + 1]["data"]["author"] == "agent"
+            times = [_time(e) for e in history]
+            assert times == sorted(times) and times[at - 2] < times[at - 1] <= times[at] < times[-1]
+    assert tickets and 0.1 <= reopened / tickets <= 0.45, (reopened, tickets)
+
+
+def test_a_reopening_customer_writes_in_their_own_language(gen: JourneyGenerator,
+                                                          journeys: dict[int, list[dict]]) -> None:
+    seen = set()
+    for i, journey in journeys.items():
+        tickets = [e for e in journey if e["type"].startswith("ticket.")]
+        for before, e in zip(tickets, tickets[1:]):
+            if e["type"] == "ticket.reopened":
+                assert before["type"] == "ticket.replied" and before["data"]["author"] == "customer"
+                text = before["data"]["body_text"]
+                if gen.persona(i).locale == "zh":
+                    assert "问题还是没有解决" in text, text
+                else:
+                    assert "still not fixed" in text and not CJK.search(text), text
+                seen.add(gen.persona(i).locale)
+    assert seen == {"zh", "en"}
 
 # --- identity --------------------------------------------------------------------------------------------
 

@@ -82,16 +82,22 @@ def _identities_of(cur, customer_ids: list[str]) -> dict[str, dict[str, list[str
     return out
 
 
-def _load_many(cur, customer_ids: list[str]) -> list[CustomerOut]:
-    """The views of these customers (aliases answered by their survivor), by customer id."""
-    live = sorted(set(_resolve_many(cur, customer_ids).values()))
+def _load_many(cur, customer_ids: list[str], keep_order: bool = False) -> list[CustomerOut]:
+    """The views of these customers (aliases answered by their survivor), by customer id (or in the
+    order asked, with ``keep_order``)."""
+    resolved = _resolve_many(cur, customer_ids)
+    live = sorted(set(resolved.values()))
     cur.execute("SELECT customer_id, state, updated_at FROM customer_view WHERE customer_id = ANY(%s) "
                 "ORDER BY customer_id", (live,))
     rows = cur.fetchall()
     aliases = _aliases_of(cur, live)
     identities = _identities_of(cur, live)
-    return [_out(state, updated_at, aliases.get(cid, []), identities.get(cid, {}), requested=None)
-            for cid, state, updated_at in rows]
+    out = [_out(state, updated_at, aliases.get(cid, []), identities.get(cid, {}), requested=None)
+           for cid, state, updated_at in rows]
+    if keep_order:
+        rank = {resolved[c]: n for n, c in reversed(list(enumerate(customer_ids))) if c in resolved}
+        out.sort(key=lambda c: rank.get(c.customer_id, len(rank)))
+    return out
 
 
 def _load(cur, customer_id: str) -> CustomerOut | None:
@@ -150,7 +156,8 @@ def _out(state: dict[str, Any], updated_at: datetime, aliases: list[str], identi
         orders={**state["orders"], "net_revenue": derived["net_revenue"],
                 "average_order_value": derived["average_order_value"]},
         tickets=state["tickets"], open_tickets=derived["open_tickets"],
-        open_complaints=derived["open_complaints"], satisfaction=state["satisfaction"],
+        open_complaints=derived["open_complaints"],
+        satisfaction={**state["satisfaction"], **{k: v for k, v in derived["satisfaction"].items()}},
         consent=state["consent"], event_count=state["event_count"], last_event_at=state["last_event_at"],
         updated_at=updated_at,
     )
@@ -166,19 +173,27 @@ def find_customers(
     q: Annotated[str | None, Query(min_length=1, max_length=100,
                                    description="prefix of a name or company, or of one of their words "
                                                "(any script, case-insensitive)")] = None,
+    at_risk: Annotated[bool | None, Query(description="true: the customers at risk, least satisfied first "
+                                                      "(paginated)")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> CustomerList:
     """Find customers by an identifier (normalized as on ingest: emails lower-cased, phones to E.164
-    with the default region) or search them by name or company (``q``, paginated)."""
+    with the default region), search them by name or company (``q``, paginated), or list those at
+    risk (``at_risk=true``, paginated, lowest satisfaction index first)."""
     given = {k: v for k, v in (("email", email), ("phone", phone), ("account_id", account_id),
                                ("anonymous_id", anonymous_id)) if v is not None}
-    if not given and q is None:
-        raise HTTPException(400, "give one of: email, phone, account_id, anonymous_id, q")
-    if given and q is not None:
-        raise HTTPException(400, "search by identifier or by q, not both")
+    modes = bool(given) + (q is not None) + (at_risk is not None)
+    if modes == 0:
+        raise HTTPException(400, "give one of: email, phone, account_id, anonymous_id, q, at_risk")
+    if modes > 1:
+        raise HTTPException(400, "search by identifier, by q or by at_risk: one at a time")
     if q is not None:
         return _search(db, q, limit, cursor)
+    if at_risk is not None:
+        if not at_risk:
+            raise HTTPException(400, "at_risk lists the customers at risk: use at_risk=true")
+        return _at_risk(db, limit, cursor)
     keys = []
     for kind, raw in given.items():
         try:
@@ -201,6 +216,26 @@ def _search(db, q: str, limit: int, cursor: str | None) -> CustomerList:
         ids = [r[0] for r in cur.fetchall()]
         items = _load_many(cur, ids[:limit])
     return CustomerList(items=items, next_cursor=ids[limit - 1] if len(ids) > limit else None)
+
+
+def _at_risk(db, limit: int, cursor: str | None) -> CustomerList:
+    try:
+        index, after = _decode_risk_cursor(cursor) if cursor else (-1.0, "")
+    except ValueError:
+        raise HTTPException(400, "cursor: not a cursor this API gave out") from None
+    with db.cursor() as cur:
+        cur.execute("""SELECT customer_id, COALESCE(satisfaction_index, 101) FROM customer_view
+                       WHERE at_risk AND (COALESCE(satisfaction_index, 101), customer_id) > (%s, %s)
+                       ORDER BY COALESCE(satisfaction_index, 101), customer_id LIMIT %s""", (index, after, limit + 1))
+        rows = cur.fetchall()
+        items = _load_many(cur, [r[0] for r in rows[:limit]], keep_order=True)
+    more = len(rows) > limit
+    return CustomerList(items=items, next_cursor=f"{rows[limit - 1][1]}:{rows[limit - 1][0]}" if more else None)
+
+
+def _decode_risk_cursor(cursor: str) -> tuple[float, str]:
+    index, _, after = cursor.partition(":")
+    return float(index), after
 
 
 @router.get("/{customer_id}", response_model=CustomerOut, responses=NOT_FOUND)
