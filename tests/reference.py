@@ -8,7 +8,8 @@ import orjson
 
 from events.customer_events import CustomerEvent, resolved_cloudevent
 from events.envelope import InvalidEvent, Touchpoint, validate
-from projections import customer_view
+from projections import customer_view, indicators
+from projections.business_hours import Calendar
 from projections.identity import Evidence, Partition, event_home, resolve_evidence
 
 
@@ -28,6 +29,38 @@ def reference_partition(touchpoints: list[Touchpoint], limits: dict[str, int] | 
 def reference_views(raw_events: list[dict], default_region: str = "CN",
                     limits: dict[str, int] | None = None) -> dict[str, dict]:
     """customer_id -> view, for the valid events among ``raw_events`` (each applied once)."""
+    return {cid: orjson.loads(orjson.dumps(customer_view.apply_all(customer_view.empty(cid), evs)))
+            for cid, evs in resolved_events(raw_events, default_region, limits).items()}
+
+
+def reference_indicator_totals(raw_events: list[dict], calendar: Calendar | None = None) -> dict[str, float]:
+    """The indicator measures of the overall slice, summed over all time, for the valid events among
+    ``raw_events``: what the per-minute sums must add up to, each event counted once."""
+    calendar = calendar or Calendar()
+    grouped = resolved_events(raw_events)
+    sums: dict = {}
+    threads: dict[str, dict] = {}
+    for cid, evs in grouped.items():
+        view = customer_view.apply_all(customer_view.empty(cid), evs)
+        indicators.add(sums, indicators.repeat_facts(view, lambda at: "").values())
+        for e in evs:
+            indicators.add(sums, indicators.event_facts(e, ""))
+            key = indicators.thread_key(e)
+            if key:
+                threads[key] = indicators.thread_apply(threads.get(key), e, "")
+    for state in threads.values():
+        indicators.add(sums, indicators.thread_facts(state, calendar).values())
+    totals: dict[str, float] = {m: 0.0 for m in indicators.MEASURES}
+    for (_, _, dim, _), measures in sums.items():
+        if dim == "all":
+            for m, v in measures.items():
+                totals[m] += v
+    return totals
+
+
+def resolved_events(raw_events: list[dict], default_region: str = "CN", limits: dict[str, int] | None = None
+                    ) -> dict[str, list[CustomerEvent]]:
+    """The valid events among ``raw_events``, once each, resolved at once, by customer."""
     touchpoints = {}
     for raw in raw_events:
         try:
@@ -45,5 +78,4 @@ def reference_views(raw_events: list[dict], default_region: str = "CN",
                                                           or partition.customer_of[k] != cid))
         ce = resolved_cloudevent(tp, cid, refused)
         grouped[cid].append(CustomerEvent.from_cloudevent(orjson.loads(orjson.dumps(ce))))
-    return {cid: orjson.loads(orjson.dumps(customer_view.apply_all(customer_view.empty(cid), evs)))
-            for cid, evs in grouped.items()}
+    return grouped

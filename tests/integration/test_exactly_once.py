@@ -8,12 +8,17 @@ from datetime import datetime, timezone
 import orjson
 import psycopg2
 import psycopg2.extras
+import pytest
+from kafka import KafkaConsumer
 
 from events.envelope import event_key, validate
+from events.kafka_binding import decode
+from projections.indicators import MEASURES
+from services.common.topics import TOUCHPOINTS
 from services.simulator.journeys import JourneyGenerator
 from tests.integration.test_processors import publish
 from tests.processes import wait_for
-from tests.reference import reference_partition, reference_views
+from tests.reference import reference_indicator_totals, reference_partition, reference_views
 
 
 def journeys(unique: str, customers: int) -> list[dict]:
@@ -58,6 +63,30 @@ def assert_equals_reference(dsn: str, events: list[dict], timeout: float = 120) 
         raise AssertionError(f"{len(diff)} customers differ from the reference fold, e.g. {diff[:5]}") from None
 
 
+def whole_log(bootstrap: str) -> list[dict]:
+    """Every touchpoint on the shared log: a test's processor reads all of it, other tests' too."""
+    consumer = KafkaConsumer(TOUCHPOINTS, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    out = []
+    for record in consumer:
+        try:
+            out.append(decode(record.value, record.headers))
+        except Exception:  # undecodable test records: the processor dead-letters them too
+            continue
+    consumer.close()
+    return out
+
+
+def assert_indicators_equal_reference(dsn: str, bootstrap: str) -> None:
+    """The overall indicator sums add up to the pure folds over the whole log: each event once."""
+    expected = reference_indicator_totals(whole_log(bootstrap))
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT {', '.join(f'sum({m})' for m in MEASURES)} FROM indicator_minute WHERE dim = 'all'")
+        stored = dict(zip(MEASURES, (v or 0.0 for v in cur.fetchone())))
+    assert expected["calls_offered"] > 0 and expected["first_responses"] > 0 and expected["repeat_contacts"] > 0
+    assert stored == pytest.approx(expected, rel=1e-9, abs=1e-6)
+
+
 def test_kill_9_mid_stream_and_redelivered_duplicates_change_nothing(platform, unique):
     events = journeys(unique, 300)
     publish(platform.stack.kafka_bootstrap, events)
@@ -72,6 +101,7 @@ def test_kill_9_mid_stream_and_redelivered_duplicates_change_nothing(platform, u
     publish(platform.stack.kafka_bootstrap, events[:1000])  # a channel retrying: the same ids again
     platform.processor(CRM_BATCH_SIZE="100")
     assert_equals_reference(platform.dsn, events)
+    assert_indicators_equal_reference(platform.dsn, platform.stack.kafka_bootstrap)
 
 
 def test_two_workers_on_four_partitions_give_the_reference_result(platform, unique):
@@ -82,6 +112,7 @@ def test_two_workers_on_four_partitions_give_the_reference_result(platform, uniq
     platform.processor(CRM_BATCH_SIZE="50")
     publish(platform.stack.kafka_bootstrap, events)
     assert_equals_reference(platform.dsn, events)
+    assert_indicators_equal_reference(platform.dsn, platform.stack.kafka_bootstrap)
     touchpoints = [validate(e, received_at=datetime.now(timezone.utc)) for e in events]
     assert any(not link.accepted for link in reference_partition(touchpoints).links), \
         "no guard was in play; the traffic should hold households"
