@@ -10,11 +10,12 @@ export CRM_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps infra-up infra-down demo up stop status test test-unit schemas clean logs
+.PHONY: help install system-deps infra-up infra-down demo up stop status test test-unit bench schemas clean logs
 
 help:
 	@echo "make demo    - install what is missing, start Kafka, PostgreSQL, every service and demo traffic"
 	@echo "make test    - install what the tests need and run the whole test suite"
+	@echo "make bench   - freshness benchmark of the live indicator stream (own Kafka and PostgreSQL)"
 	@echo "make stop    - stop everything started by make demo"
 	@echo "make status  - what runs"
 	@echo "make schemas - regenerate docs/schemas from the event declarations"
@@ -50,6 +51,7 @@ demo: up
 	@echo "  CRM platform is running with demo traffic:"
 	@echo "    collector      http://127.0.0.1:$${CRM_INGEST_PORT:-8080}/v1/events   (docs: /docs)"
 	@echo "    query API      http://127.0.0.1:$${CRM_API_PORT:-8000}/v1/customers   (docs: /docs)"
+	@echo "    dashboard      http://127.0.0.1:$${CRM_API_PORT:-8000}/dashboard      (live indicators, 中文/English)"
 	@echo "    processor      http://127.0.0.1:$${CRM_PROCESSOR_WEB_PORT:-6066}/metrics"
 	@echo "    Kafka          127.0.0.1:$${CRM_KAFKA_PORT:-9092}    PostgreSQL 127.0.0.1:$${CRM_PG_PORT:-5432}/crm"
 	@echo "    logs           $(CRM_HOME)/logs/"
@@ -71,6 +73,11 @@ test: install system-deps
 
 test-unit: install
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit
+
+# The freshness benchmark starts (and stops) its own broker, database and services on separate
+# ports under .crm/bench; figures in .crm/bench/freshness.json. See bench/README.md.
+bench: install
+	$(VENV)/bin/python -m bench.freshness
 
 schemas: install
 	$(VENV)/bin/crm schemas export --out docs/schemas

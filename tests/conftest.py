@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -25,25 +24,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def stack() -> Stack:
     """The project's own Kafka broker and PostgreSQL on test ports, fresh for the session."""
-    kafka_port = os.environ.get("CRM_TEST_KAFKA_PORT", "19092")
-    env = {
-        **os.environ,
-        "CRM_HOME": str(TEST_HOME),
-        "CRM_KAFKA_PORT": kafka_port,
-        "CRM_KAFKA_CONTROLLER_PORT": os.environ.get("CRM_TEST_KAFKA_CONTROLLER_PORT", "19093"),
-        "CRM_PG_PORT": os.environ.get("CRM_TEST_PG_PORT", "15432"),
-        "CRM_PARTITIONS": "4",
-        "CRM_PYTHON": str(REPO / ".venv" / "bin" / "python"),
-    }
-    env.pop("CRM_PG_DSN", None)
-    st = Stack(env=env, kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-               pg_admin_dsn=f"postgresql://crm@127.0.0.1:{env['CRM_PG_PORT']}/crm", home=TEST_HOME)
-    env["CRM_KAFKA_BOOTSTRAP"] = st.kafka_bootstrap
-    # a fresh log each session: stop a leftover broker, drop its data (the jars stay)
-    st.script("kafka.sh", "stop", check=False)
-    shutil.rmtree(TEST_HOME / "kafka" / "data", ignore_errors=True)
-    st.script("postgres.sh", "start")
-    st.script("kafka.sh", "start")
+    st = Stack.on_ports(TEST_HOME, os.environ.get("CRM_TEST_KAFKA_PORT", "19092"),
+                        os.environ.get("CRM_TEST_KAFKA_CONTROLLER_PORT", "19093"),
+                        os.environ.get("CRM_TEST_PG_PORT", "15432"))
+    st.fresh_start()  # a fresh log each session
     yield st
     if os.environ.get("CRM_TEST_KEEP_STACK") != "1":
         st.script("kafka.sh", "stop", check=False)

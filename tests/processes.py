@@ -7,6 +7,7 @@ the same console scripts a user starts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +53,31 @@ class Stack:
     kafka_bootstrap: str
     pg_admin_dsn: str
     home: Path
+
+    @classmethod
+    def on_ports(cls, home: Path, kafka_port: str, controller_port: str, pg_port: str) -> "Stack":
+        """The project's Kafka and PostgreSQL under ``home`` on these ports (not started yet)."""
+        env = {
+            **os.environ,
+            "CRM_HOME": str(home),
+            "CRM_KAFKA_PORT": kafka_port,
+            "CRM_KAFKA_CONTROLLER_PORT": controller_port,
+            "CRM_PG_PORT": pg_port,
+            "CRM_PARTITIONS": "4",
+            "CRM_PYTHON": str(VENV_BIN / "python"),
+        }
+        env.pop("CRM_PG_DSN", None)
+        stack = cls(env=env, kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+                    pg_admin_dsn=f"postgresql://crm@127.0.0.1:{pg_port}/crm", home=home)
+        env["CRM_KAFKA_BOOTSTRAP"] = stack.kafka_bootstrap
+        return stack
+
+    def fresh_start(self) -> None:
+        """Start PostgreSQL and a broker with an empty log (a leftover broker is stopped; jars stay)."""
+        self.script("kafka.sh", "stop", check=False)
+        shutil.rmtree(self.home / "kafka" / "data", ignore_errors=True)
+        self.script("postgres.sh", "start")
+        self.script("kafka.sh", "start")
 
     def new_database(self) -> str:
         """A fresh, migrated database; returns its DSN."""

@@ -3,13 +3,14 @@ operator action (unmerge) is published as a touchpoint and takes effect through 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg2
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from services.api.deps import Database
@@ -80,6 +81,18 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
         hub = app.state.hub
         live = "ok" if hub.ready.is_set() else f"connecting: {hub.error or 'not yet'}"
         return {"status": "ok", "service": "crm-api", "database": database, "live_stream": live}
+
+    dashboard = (Path(__file__).parent / "static" / "dashboard.html").read_bytes()
+
+    @app.get("/dashboard", include_in_schema=False)
+    def get_dashboard() -> Response:
+        """The operations dashboard: live indicators per channel/queue/agent/segment, alerts and the
+        customers at risk, in English and Simplified Chinese."""
+        return Response(dashboard, media_type="text/html; charset=utf-8")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -114,6 +114,15 @@ def test_bad_requests_say_what_is_wrong(running):
     assert httpx.get(f"{api}/v1/indicators", params={"dimension": "planet"}).status_code == 422
 
 
+def test_the_dashboard_page_follows_the_live_stream_in_both_languages(running):
+    _, api = running
+    page = httpx.get(f"{api}/", follow_redirects=True)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/v1/stream/indicators" in page.text and "实时满意度指标" in page.text
+    names = {d["name"]: d for d in httpx.get(f"{api}/v1/indicators/definitions").json()}
+    assert names["csat"]["zh"] == "客户满意度" and names["average_wait"]["better"] == "lower"
+
+
 def test_a_late_event_lands_in_the_longer_windows_and_the_history(running, unique):
     collector, api = running
     now = datetime.now(timezone.utc)
