@@ -235,8 +235,8 @@ def thread_facts(state: dict[str, Any], calendar: Calendar) -> dict[str, Fact]:
             start, end = _at(first["at"]), _at(reply["at"])
             out["frt"] = fact(end, _dims(reply, queue), first_responses=1, first_response_s=(end - start).total_seconds(),
                               first_response_bh_s=calendar.seconds(start, end))
-    if state["kind"] == "ticket" and messages:
-        opened = next((m for m in messages if m["opened"]), messages[0])
+    opened = next((m for m in messages if m["opened"]), None)
+    if state["kind"] == "ticket" and opened is not None:  # a ticket never seen opened has no known duration
         open_since: datetime | None = _at(opened["at"])
         periods: list[tuple[datetime, datetime]] = []
         resolved_by = None

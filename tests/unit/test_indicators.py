@@ -131,6 +131,8 @@ def test_resolution_time_counts_time_before_a_reopen_and_not_time_resolved():
     for e in events[:4]:
         state = ind.thread_apply(state, e, "new")
     assert "resolution" not in ind.thread_facts(state, CAL)
+    # a ticket never seen opened (opened before the platform ran) has no known resolution time
+    assert ind.thread_facts(ind.thread_apply(None, events[2], "new"), CAL) == {}
     # an explicit reopen works the same way
     state = None
     for e in events[:3] + [ce(7, 120, "ticket.reopened", t), ce(8, 150, "ticket.resolved", {**t, "agent": "li"})]:
