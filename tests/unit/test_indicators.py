@@ -182,6 +182,11 @@ def test_sentiment_scores_chinese_and_english_customer_text_only():
     assert sentiment.score("Great service, thank you!") > 0.3
     assert sentiment.score("The agent was rude and my problem is still not solved") < -0.3
     assert sentiment.score("") is None and sentiment.score("> quoted only") is None
+    # a polite question is not a complaint, in either language
+    assert sentiment.score("咨询：海尔洗衣机是否支持上门安装？ 您好，我想购买海尔 10公斤 滚筒洗衣机，"
+                           "请问是否支持上门安装？大概几天可以送到杭州？谢谢！") > sentiment.NEGATIVE
+    assert sentiment.score("你好，我的订单SO8339已经付款了，请问什么时候能发货？") > sentiment.NEGATIVE
+    assert sentiment.score("Hello, does the washing machine include installation? Thanks.") > sentiment.NEGATIVE
     angry = ce(1, 0, "email.received", {"message_id": "m", "from": "a@x", "to": ["s@x"],
                                         "body_text": "Terrible, I am very disappointed and angry."})
     agent = ce(2, 1, "email.sent", {"message_id": "n", "from": "s@x", "to": ["a@x"], "body_text": "Terrible news!"})
