@@ -214,10 +214,6 @@ def thread_apply(state: dict[str, Any] | None, event: CustomerEvent, segment: st
     return {"kind": "ticket" if event.type.startswith("ticket.") else "email", "messages": ordered}
 
 
-def _at(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
 def _dims(message: dict[str, Any], queue: str | None) -> dict[str, Any]:
     return {"channel": message["channel"], "queue": message.get("queue") or queue, "agent": message.get("agent"),
             "segment": message.get("segment")}
@@ -232,17 +228,17 @@ def thread_facts(state: dict[str, Any], calendar: Calendar) -> dict[str, Fact]:
     if first is not None:
         reply = next((m for m in messages if m["role"] == "agent" and m["at"] >= first["at"]), None)
         if reply is not None:
-            start, end = _at(first["at"]), _at(reply["at"])
+            start, end = satisfaction.at_time(first["at"]), satisfaction.at_time(reply["at"])
             out["frt"] = fact(end, _dims(reply, queue), first_responses=1, first_response_s=(end - start).total_seconds(),
                               first_response_bh_s=calendar.seconds(start, end))
     opened = next((m for m in messages if m["opened"]), None)
     if state["kind"] == "ticket" and opened is not None:  # a ticket never seen opened has no known duration
-        open_since: datetime | None = _at(opened["at"])
+        open_since: datetime | None = satisfaction.at_time(opened["at"])
         periods: list[tuple[datetime, datetime]] = []
         resolved_by = None
         for m in messages:
-            at = _at(m["at"])
-            if at < _at(opened["at"]):
+            at = satisfaction.at_time(m["at"])
+            if at < satisfaction.at_time(opened["at"]):
                 continue
             if m["role"] == "resolved" and open_since is not None:
                 periods.append((open_since, at))
@@ -250,7 +246,7 @@ def thread_facts(state: dict[str, Any], calendar: Calendar) -> dict[str, Fact]:
             elif m["role"] in ("reopened", "customer") and open_since is None:
                 open_since, resolved_by = at, None
         if resolved_by is not None:
-            out["resolution"] = fact(_at(resolved_by["at"]), _dims(resolved_by, queue), resolutions=1,
+            out["resolution"] = fact(satisfaction.at_time(resolved_by["at"]), _dims(resolved_by, queue), resolutions=1,
                                      resolution_s=sum((b - a).total_seconds() for a, b in periods),
                                      resolution_bh_s=sum(calendar.seconds(a, b) for a, b in periods))
     return out
@@ -266,7 +262,7 @@ def repeat_facts(view: dict[str, Any], segment_of) -> dict[str, Fact]:
     out = {}
     for contact in inbound:
         if statuses.get(contact["event"]):
-            at = _at(contact["at"])
+            at = satisfaction.at_time(contact["at"])
             out[contact["event"]] = fact(at, {**contact, "segment": segment_of(at)}, repeat_contacts=1)
     return out
 

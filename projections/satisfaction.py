@@ -28,6 +28,11 @@ REPEAT_AT_RISK = 3
 """This many inbound contacts within 24 h flag the customer (the problem is not being solved)."""
 
 
+def at_time(stamp: str) -> datetime:
+    """The instant of a stored timestamp (``customer_view.ts`` format)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def customer_text(event: CustomerEvent) -> str | None:
     """The text the customer wrote on this touchpoint, if any."""
     data = event.data
@@ -66,7 +71,7 @@ def repeats(inbound: list[dict[str, Any]], full: bool) -> dict[str, bool]:
     out: dict[str, bool] = {}
     previous: datetime | None = None
     for n, contact in enumerate(inbound):
-        at = datetime.fromisoformat(contact["at"].replace("Z", "+00:00"))
+        at = at_time(contact["at"])
         if not (full and n == 0):
             out[contact["event"]] = previous is not None and at - previous <= REPEAT_WITHIN
         previous = at
@@ -103,8 +108,7 @@ def assess(view: dict[str, Any]) -> dict[str, Any]:
     inbound = view.get("inbound") or []
     if len(inbound) >= REPEAT_AT_RISK:
         window = inbound[-REPEAT_AT_RISK:]
-        first = datetime.fromisoformat(window[0]["at"].replace("Z", "+00:00"))
-        last_at = datetime.fromisoformat(window[-1]["at"].replace("Z", "+00:00"))
+        first, last_at = at_time(window[0]["at"]), at_time(window[-1]["at"])
         if last_at - first <= REPEAT_WITHIN:
             reasons.append({"code": "repeat_contacts",
                             "detail": f"{REPEAT_AT_RISK} contacts within 24 h", "at": window[-1]["at"],

@@ -22,6 +22,14 @@ def lock_id(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+def lock(cur, names) -> None:
+    """Take the transaction-scoped advisory locks of these names at once, in a fixed order, so
+    that workers locking overlapping sets never deadlock (callers take each kind of lock once)."""
+    wanted = sorted({lock_id(n) for n in names})
+    if wanted:
+        cur.execute("SELECT count(pg_advisory_xact_lock(h)) FROM unnest(%s::bigint[]) AS h", (wanted,))
+
+
 def migrations() -> list[tuple[str, str]]:
     """(name, SQL) of every migration shipped with the package, in order."""
     folder = resources.files("services.common") / "migrations"

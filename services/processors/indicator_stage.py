@@ -33,7 +33,7 @@ from projections import customer_view, indicators
 from projections.alerts import AlertRule
 from projections.business_hours import Calendar
 from services.common import indicator_store
-from services.common.db import lock_id
+from services.common.db import lock
 from services.common.topics import INDICATORS
 from services.processors.records import Output
 
@@ -87,8 +87,7 @@ class IndicatorProjection:
         if not by_thread:
             return
         keys = sorted(by_thread)
-        cur.execute("SELECT count(pg_advisory_xact_lock(h)) FROM unnest(%s::bigint[]) AS h",
-                    (sorted({lock_id("t:" + k) for k in keys}),))
+        lock(cur, ("t:" + k for k in keys))
         cur.execute("SELECT key, state FROM indicator_thread WHERE key = ANY(%s)", (keys,))
         stored = dict(cur.fetchall())
         rows = []

@@ -32,7 +32,7 @@ from events.customer_events import MERGED, CustomerEvent, IdentityMarker, decode
 from projections import customer_view, satisfaction
 from projections.identity import event_home, kind_of
 from projections.timeline import summarize
-from services.common.db import lock_id
+from services.common.db import lock
 from services.common.timeline import EVENT_COLUMNS, to_event
 from services.common.topics import CUSTOMER_EVENTS
 from services.processors.indicator_stage import IndicatorProjection
@@ -53,10 +53,7 @@ class _Batch:
         self.loaded: dict[str, customer_view.View | None] = {}  # views as they were before the batch
 
     def lock(self, names) -> None:
-        """Take these advisory locks at once, in a fixed order (callers take each kind once)."""
-        wanted = sorted({lock_id(n) for n in names})
-        if wanted:
-            self.cur.execute("SELECT count(pg_advisory_xact_lock(h)) FROM unnest(%s::bigint[]) AS h", (wanted,))
+        lock(self.cur, names)
 
     # -- views --------------------------------------------------------------------------------------
     def load(self, ids) -> None:

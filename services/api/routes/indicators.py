@@ -97,7 +97,7 @@ def get_indicators(
     for one member of a dimension, or broken down by a dimension. Each value comes with its sample
     size (``count``, the denominator); ``value`` is null when there is no sample."""
     sel = _selection(indicator, window, dimension, channel, queue, agent, segment)
-    end = (at.astimezone(timezone.utc) if at and at.tzinfo else at.replace(tzinfo=timezone.utc) if at else _now())
+    end = at.astimezone(timezone.utc) if at and at.tzinfo else at.replace(tzinfo=timezone.utc) if at else _now()
     return _snapshot(db, sel, end)
 
 
