@@ -14,6 +14,7 @@ import copy
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from events.customer_events import CustomerEvent
 from events.touchpoints import PROFILE_TRAITS
@@ -42,10 +43,11 @@ def empty(customer_id: str) -> View:
         "first_contact": None,
         "last_contact": None,
         "orders": {"count": 0, "counts": {}, "revenue": {}, "refunded": {}, "refunds": 0,
-                   "first_at": None, "last_at": None, "first_times": []},
+                   "first_at": None, "last_at": None, "first_times": [], "recent": []},
         "tickets": {},
         "satisfaction": {"answers": 0, "csat": None, "nps": None, "sentiment": []},
         "inbound": [],
+        "activity": [],
         "consent": {},
         "event_count": 0,
         "last_event_at": None,
@@ -55,8 +57,10 @@ def empty(customer_id: str) -> View:
 def upgrade(view: View) -> View:
     """A stored view with the fields added since it was written (in place; returns it)."""
     view["orders"].setdefault("first_times", [])
+    view["orders"].setdefault("recent", [])
     view["satisfaction"].setdefault("sentiment", [])
     view.setdefault("inbound", [])
+    view.setdefault("activity", [])
     return view
 
 
@@ -64,6 +68,11 @@ FIRST_ORDERS = 3
 """Order times kept: enough to tell a prospect from a new and a repeat customer at any moment."""
 
 SEGMENTS = ("prospect", "new", "repeat")
+
+ORDERS_KEPT = 20
+"""Latest orders kept (time, total, currency): purchases within a period, for lifecycle and segments."""
+ACTIVITY_KEPT = 50
+"""Latest contacts kept (time, type, channel, web path): behaviour within a window, e.g. intent."""
 
 
 def segment(view: View, at: datetime) -> str:
@@ -133,6 +142,8 @@ def _apply(view: View, event: CustomerEvent) -> None:
         contact = {"at": at, "event": event.key, "type": kind, "channel": channel}
         view["first_contact"] = _older(view["first_contact"], contact)
         view["last_contact"] = _newer(view["last_contact"], contact)
+        if kind != "order.placed":  # orders are kept apart, so page views never push them out
+            view["activity"] = _keep(view["activity"], [_activity(kind, at, event)], ACTIVITY_KEPT, latest=True)
     if satisfaction.inbound_contact(event):
         entry = {"at": at, "event": event.key, "channel": satisfaction.contact_channel(event),
                  "queue": data.get("queue"), "agent": data.get("agent")}
@@ -165,6 +176,8 @@ def _apply(view: View, event: CustomerEvent) -> None:
             orders["first_at"] = _min(orders["first_at"], at)
             orders["last_at"] = _max(orders["last_at"], at)
             orders["first_times"] = sorted(set(orders["first_times"]) | {at})[:FIRST_ORDERS]
+            entry = {"at": at, "event": event.key, "total": str(data.get("total", 0)), "currency": currency}
+            orders["recent"] = _keep(orders["recent"], [entry], ORDERS_KEPT, latest=True)
         elif kind == "order.refunded":
             orders["refunds"] += 1
             _add_money(orders["refunded"], currency, data.get("amount", 0))
@@ -184,6 +197,17 @@ def _apply(view: View, event: CustomerEvent) -> None:
     elif kind == "consent.changed":
         slot = f"{data.get('purpose', 'marketing')}:{data.get('channel', 'all')}"
         view["consent"][slot] = _newer(view["consent"].get(slot), _stamp(bool(data.get("granted")), at, event))
+
+
+def _activity(kind: str, at: str, event: CustomerEvent) -> dict:
+    entry = {"at": at, "event": event.key, "type": kind, "channel": event.channel}
+    if kind.startswith("web."):
+        entry["path"] = urlsplit(str(event.data.get("url", ""))).path[:200]
+    elif kind.startswith("ticket."):
+        entry["kind"] = event.data.get("kind")
+    elif kind.startswith("call."):
+        entry["direction"] = event.data.get("direction", "inbound")
+    return entry
 
 
 def _merge_ticket(a: dict, b: dict) -> dict:
@@ -226,6 +250,7 @@ def merge(survivor: View, alias: View) -> View:
     o["first_at"] = _min(o["first_at"], a["first_at"])
     o["last_at"] = _max(o["last_at"], a["last_at"])
     o["first_times"] = sorted(set(o["first_times"]) | set(a["first_times"]))[:FIRST_ORDERS]
+    o["recent"] = _keep(o["recent"], a["recent"], ORDERS_KEPT, latest=True)
     for ticket_id, ticket in alias["tickets"].items():
         mine = out["tickets"].get(ticket_id)
         out["tickets"][ticket_id] = _merge_ticket(mine, ticket) if mine else ticket
@@ -235,6 +260,7 @@ def merge(survivor: View, alias: View) -> View:
         s[metric] = _newer(s[metric], sa[metric])
     s["sentiment"] = _keep(s["sentiment"], sa["sentiment"], satisfaction.SENTIMENT_KEPT, latest=True)
     out["inbound"] = _keep(out["inbound"], alias["inbound"], satisfaction.INBOUND_KEPT, latest=True)
+    out["activity"] = _keep(out["activity"], alias["activity"], ACTIVITY_KEPT, latest=True)
     for slot, stamped in alias["consent"].items():
         out["consent"][slot] = _newer(out["consent"].get(slot), stamped)
     out["event_count"] += alias["event_count"]

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from services.api.deps import Database
 from services.common.publisher import KafkaPublisher
 from services.api.live import Hub
-from services.api.routes import customers, indicators
+from services.api.routes import customers, indicators, state
 from services.common.settings import Settings
 
 REQUESTS = Counter("crm_api_requests_total", "HTTP requests", ["route", "status"])
@@ -45,6 +45,7 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
     app.state.hub = Hub(settings.kafka_bootstrap)
     app.include_router(customers.router)
     app.include_router(indicators.router)
+    app.include_router(state.router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):

@@ -2,6 +2,7 @@
 Kafka publisher of operator actions (which are events, never writes to the read model)."""
 from __future__ import annotations
 
+import functools
 import threading
 from contextlib import contextmanager
 from typing import Annotated, Iterator
@@ -74,3 +75,15 @@ def get_publisher(request: Request) -> KafkaPublisher:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 PublisherDep = Annotated[KafkaPublisher, Depends(get_publisher)]
+
+
+@functools.lru_cache(maxsize=4)
+def _rules(path: str):
+    from projections.customer_state import load_rules
+
+    return load_rules(path or None)
+
+
+def state_rules(settings: Settings):
+    """The customer-state rules the processors use (the same file, read once)."""
+    return _rules(settings.customer_state_rules)

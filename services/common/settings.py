@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     indicator_refresh_s: float = Field(30.0, gt=0, description="how often the live stream re-sends a snapshot "
                                                                "(values change as time passes, too)")
 
+    # customer state and its feed
+    customer_state_rules: str = Field(
+        "", description="the lifecycle, value and segment rules file (CRM_CUSTOMER_STATE_RULES); "
+                        "empty: the shipped config/customer-state.toml")
+    state_tick_s: float = Field(60.0, gt=0, description="how often customers whose state may have changed with "
+                                                        "time alone (churn, windows) are re-evaluated")
+    feed_relay_poll_s: float = Field(0.05, gt=0, description="how often the feed relay looks for new outbox rows "
+                                                             "when idle")
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -78,6 +87,14 @@ class Settings(BaseSettings):
         from projections.business_hours import Calendar
 
         Calendar.from_config(value)
+        return value
+
+    @field_validator("customer_state_rules")
+    @classmethod
+    def _state_rules(cls, value: str) -> str:
+        from projections.customer_state import load_rules
+
+        load_rules(value or None)
         return value
 
     @field_validator("indicator_alerts")

@@ -25,6 +25,9 @@ from services.processors.indicator_stage import IndicatorProjection
 from services.processors.records import Output, Record
 from services.processors.runner import BatchRunner, load_offsets
 from services.processors.view_stage import ViewStage
+from services.processors.feed_relay import FeedRelay
+from services.processors.state_stage import StateProjection, StateTicker
+from projections.customer_state import load_rules
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,9 @@ class PositionedApp(faust.App):
     runners: list  # BatchRunner of each stage, closed on stop
 
     async def on_stop(self) -> None:
+        relay = getattr(self, "relay", None)
+        if relay is not None:
+            await relay.stop()
         await super().on_stop()
         for runner in getattr(self, "runners", ()):
             runner.close()
@@ -119,9 +125,11 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
         if name == "identity":
             stage = IdentityStage(settings.default_region, settings.identity_limits)
         else:
+            state = StateProjection(load_rules(settings.customer_state_rules or None))
             stage = ViewStage(IndicatorProjection(Calendar.from_config(settings.business_hours),
                                                   settings.indicator_max_lateness_s,
-                                                  alerts.rules(settings.indicator_alerts)))
+                                                  alerts.rules(settings.indicator_alerts)), state)
+            _add_state_tasks(app, state, settings)
         runner = BatchRunner(stage, settings.pg_dsn, settings.processor_id, publish)
         runners.append(runner)
         topic = app.topic(stage.topic, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -140,6 +148,21 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
 
     app.runners = runners
     return app
+
+
+def _add_state_tasks(app: PositionedApp, state: StateProjection, settings: Settings) -> None:
+    """The clock tick of the customer state and the feed relay, beside the view stage."""
+    app.relay = FeedRelay(settings.pg_dsn, settings.kafka_bootstrap, f"{settings.processor_id}.feed-relay",
+                          poll_s=settings.feed_relay_poll_s)
+    ticker = StateTicker(state, settings.pg_dsn)
+
+    @app.task
+    async def feed_relay() -> None:
+        await app.relay.run()
+
+    @app.timer(interval=settings.state_tick_s)
+    async def customer_state_tick() -> None:
+        await ticker.run()
 
 
 def _add_agent(app: faust.App, topic, runner: BatchRunner, settings: Settings) -> None:

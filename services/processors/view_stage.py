@@ -37,6 +37,7 @@ from services.common.timeline import EVENT_COLUMNS, to_event
 from services.common.topics import CUSTOMER_EVENTS
 from services.processors.indicator_stage import IndicatorProjection
 from services.processors.records import Output, Record, deadletter
+from services.processors.state_stage import StateProjection
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class _Batch:
         self.dirty: set[str] = set()
         self.stored_terms: dict[str, set[str]] = {}  # search terms of views as loaded
         self.loaded: dict[str, customer_view.View | None] = {}  # views as they were before the batch
+        self.moved_into: dict[str, set[str]] = {}  # customer -> customers its identifiers moved to
 
     def lock(self, names) -> None:
         lock(self.cur, names)
@@ -139,13 +141,15 @@ class _Batch:
 
 class ViewStage:
     """The projections of crm.customer-events: the unified customer view and, in the same
-    transaction, the satisfaction indicators (``indicators``; None leaves them out)."""
+    transaction, the satisfaction indicators and the customer state with its feed outbox
+    (``indicators`` and ``state``; None leaves them out)."""
 
     name = "customer_view"
     topic = CUSTOMER_EVENTS
 
-    def __init__(self, indicators: IndicatorProjection | None = None):
+    def __init__(self, indicators: IndicatorProjection | None = None, state: StateProjection | None = None):
         self.indicators = indicators
+        self.state = state
 
     def prepare(self, cur, records: list[Record]) -> list[Output]:
         outputs: list[Output] = []
@@ -200,6 +204,8 @@ class ViewStage:
             outputs += self.indicators.apply(
                 cur, fresh, arrived, {e.key: owner_of[homes[e.key]] for e in fresh},
                 {c: batch.loaded.get(c) for c in touched}, {c: batch.views.get(c) for c in touched})
+        if self.state is not None:
+            self.state.apply(cur, {c: batch.views.get(c) for c in batch.dirty | batch.deleted}, batch.moved_into)
         return outputs
 
     @staticmethod
@@ -217,6 +223,7 @@ class ViewStage:
                 flows[source].add(moves[home_key])
         if not flows:
             return set()
+        batch.moved_into = dict(flows)
         execute_values(cur, """UPDATE customer_timeline t SET customer_id = m.customer_id
                                FROM (VALUES %s) AS m(home, customer_id)
                                WHERE t.home = m.home AND t.customer_id <> m.customer_id""",

@@ -15,9 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from events.envelope import validate
 from events.identifiers import InvalidIdentifier, normalize
 from events.kafka_binding import structured_headers
+from events.feed import LIFECYCLE_STAGES
 from projections import customer_view
 from projections.identity import Evidence, resolve_evidence
-from services.api.deps import DatabaseDep, PublisherDep, SettingsDep
+from services.api.deps import DatabaseDep, PublisherDep, SettingsDep, state_rules
 from services.api.schemas import (CustomerList, CustomerOut, Merge, Merges, Problem, Timeline, TimelineItem,
                                   UnmergeIn, UnmergeOut)
 from services.common.publisher import KafkaUnavailable
@@ -175,21 +176,31 @@ def find_customers(
                                                "(any script, case-insensitive)")] = None,
     at_risk: Annotated[bool | None, Query(description="true: the customers at risk, least satisfied first "
                                                       "(paginated)")] = None,
+    lifecycle: Annotated[str | None, Query(description="customers in this lifecycle stage (with segment and "
+                                                       "tier: all must hold; paginated)")] = None,
+    segment: Annotated[str | None, Query(max_length=63, description="customers in this configured segment")] = None,
+    tier: Annotated[str | None, Query(description="customers of this value tier: high, medium, low, none")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> CustomerList:
     """Find customers by an identifier (normalized as on ingest: emails lower-cased, phones to E.164
     with the default region), search them by name or company (``q``, paginated), or list those at
-    risk (``at_risk=true``, paginated, lowest satisfaction index first)."""
+    risk (``at_risk=true``, paginated, lowest satisfaction index first), or list them by customer
+    state (``lifecycle``, ``segment``, ``tier``; paginated by customer id)."""
     given = {k: v for k, v in (("email", email), ("phone", phone), ("account_id", account_id),
                                ("anonymous_id", anonymous_id)) if v is not None}
-    modes = bool(given) + (q is not None) + (at_risk is not None)
+    by_state = {k: v for k, v in (("lifecycle", lifecycle), ("segment", segment), ("tier", tier)) if v is not None}
+    modes = bool(given) + (q is not None) + (at_risk is not None) + bool(by_state)
     if modes == 0:
-        raise HTTPException(400, "give one of: email, phone, account_id, anonymous_id, q, at_risk")
+        raise HTTPException(400, "give one of: email, phone, account_id, anonymous_id, q, at_risk, "
+                                 "lifecycle, segment, tier")
     if modes > 1:
-        raise HTTPException(400, "search by identifier, by q or by at_risk: one at a time")
+        raise HTTPException(400, "search by identifier, by q, by at_risk or by state (lifecycle, segment, tier): "
+                                 "one at a time")
     if q is not None:
         return _search(db, q, limit, cursor)
+    if by_state:
+        return _by_state(db, settings, by_state, limit, cursor)
     if at_risk is not None:
         if not at_risk:
             raise HTTPException(400, "at_risk lists the customers at risk: use at_risk=true")
@@ -215,6 +226,31 @@ def _search(db, q: str, limit: int, cursor: str | None) -> CustomerList:
                     (pattern, after, limit + 1))
         ids = [r[0] for r in cur.fetchall()]
         items = _load_many(cur, ids[:limit])
+    return CustomerList(items=items, next_cursor=ids[limit - 1] if len(ids) > limit else None)
+
+
+def _by_state(db, settings, wanted: dict[str, str], limit: int, cursor: str | None) -> CustomerList:
+    rules = state_rules(settings)
+    known = {"lifecycle": LIFECYCLE_STAGES, "segment": rules.segment_names, "tier": ("high", "medium", "low", "none")}
+    for name, value in wanted.items():
+        if value not in known[name]:
+            raise HTTPException(400, f"{name}: {value!r} is not one of {', '.join(known[name])}")
+    where = ["live", "customer_id > %s"]
+    args: list[Any] = [cursor or ""]
+    if "lifecycle" in wanted:
+        where.append("lifecycle = %s")
+        args.append(wanted["lifecycle"])
+    if "tier" in wanted:
+        where.append("tier = %s")
+        args.append(wanted["tier"])
+    if "segment" in wanted:
+        where.append("segments @> ARRAY[%s]::text[]")
+        args.append(wanted["segment"])
+    with db.cursor() as cur:
+        cur.execute(f"SELECT customer_id FROM customer_state WHERE {' AND '.join(where)} "
+                    "ORDER BY customer_id LIMIT %s", (*args, limit + 1))
+        ids = [r[0] for r in cur.fetchall()]
+        items = _load_many(cur, ids[:limit], keep_order=True)
     return CustomerList(items=items, next_cursor=ids[limit - 1] if len(ids) > limit else None)
 
 
