@@ -9,7 +9,8 @@ import pytest
 
 from tests.processes import REPO, Platform, Stack
 
-TEST_HOME = REPO / ".crm" / "test"
+TEST_HOME = Path(os.environ.get("CRM_TEST_HOME") or REPO / ".crm" / "test")
+"""The test stack's folder; with CRM_TEST_HOME and the CRM_TEST_*_PORT variables two test sessions can run at once."""
 
 
 def pytest_collection_modifyitems(config, items):

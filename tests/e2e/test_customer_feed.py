@@ -7,14 +7,10 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import httpx
-import orjson
-import psycopg2
-import psycopg2.extras
-import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from examples.downstream_consumer import CustomerMirror
 from services.common.topics import CUSTOMER_CHANGES, CUSTOMER_STATE
+from tests.feed import outbox_empty, read_topic, stored_states
 from tests.processes import wait_for
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -22,35 +18,6 @@ NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
 def at(delta: timedelta) -> str:
     return (NOW + delta).isoformat().replace("+00:00", "Z")
-
-
-def stored_states(dsn: str, cids: list[str]) -> dict[str, dict]:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        psycopg2.extras.register_default_jsonb(cur, loads=orjson.loads)
-        cur.execute("SELECT customer_id, live, version, snapshot FROM customer_state WHERE customer_id = ANY(%s)",
-                    (cids,))
-        return {cid: {"live": live, "version": version, "snapshot": snap} for cid, live, version, snap in cur.fetchall()}
-
-
-def outbox_empty(dsn: str) -> bool:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM feed_outbox")
-        return cur.fetchone()[0] == 0
-
-
-def read_topic(bootstrap: str, topic: str, keys: set[str]) -> list:
-    """Every committed record of ``topic`` with one of ``keys``, in partition order."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
-    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    end = consumer.end_offsets(parts)
-    out = []
-    while any(consumer.position(tp) < end[tp] for tp in parts):
-        for records in consumer.poll(timeout_ms=500).values():
-            out += [r for r in records if r.key and r.key.decode() in keys]
-    consumer.close()
-    return out
 
 
 class Shop:

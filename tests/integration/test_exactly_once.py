@@ -16,6 +16,7 @@ from events.kafka_binding import decode
 from projections.indicators import MEASURES
 from services.common.topics import TOUCHPOINTS
 from services.simulator.journeys import JourneyGenerator
+from tests.feed import assert_feed_matches_state
 from tests.integration.test_processors import publish
 from tests.processes import wait_for
 from tests.reference import reference_indicator_totals, reference_partition, reference_views
@@ -111,6 +112,9 @@ def test_kill_9_mid_stream_and_redelivered_duplicates_change_nothing(platform, u
     platform.processor(CRM_BATCH_SIZE="100")
     assert_equals_reference(platform.dsn, events)
     assert_indicators_equal_reference(platform.dsn, platform.stack.kafka_bootstrap)
+    # the feed relay died with the worker too: still each change once, and a mirror that agrees
+    counts = assert_feed_matches_state(platform.dsn, platform.stack.kafka_bootstrap, set(reference_views(events)))
+    assert counts["changes"] > counts["customers"] > 100
 
 
 def test_two_workers_on_four_partitions_give_the_reference_result(platform, unique):
@@ -122,6 +126,7 @@ def test_two_workers_on_four_partitions_give_the_reference_result(platform, uniq
     publish(platform.stack.kafka_bootstrap, events)
     assert_equals_reference(platform.dsn, events)
     assert_indicators_equal_reference(platform.dsn, platform.stack.kafka_bootstrap)
+    assert_feed_matches_state(platform.dsn, platform.stack.kafka_bootstrap, set(reference_views(events)))
     touchpoints = [validate(e, received_at=datetime.now(timezone.utc)) for e in events]
     assert any(not link.accepted for link in reference_partition(touchpoints).links), \
         "no guard was in play; the traffic should hold households"
