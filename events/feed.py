@@ -1,7 +1,8 @@
 """The customer feed: what downstream systems read on ``crm.customer-state`` and ``crm.customer-changes``.
 
 * ``crm.customer-state`` (compacted), key ``customer_id``: the latest ``CustomerSnapshot`` of each
-  customer as JSON; a tombstone (null value) when the customer is merged away or erased.
+  customer as JSON; a tombstone (null value) when the customer is merged away or erased. Every
+  record, tombstones too, carries its version in the ``crm-version`` header.
 * ``crm.customer-changes``, key ``customer_id``: one CloudEvent per change, in per-customer order.
   Every change carries ``sequence`` (the snapshot version it produced) and, in ``data.state``, the
   whole snapshot after it (null for ``customer.merged``), so a consumer that keeps, per customer,
