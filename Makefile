@@ -18,7 +18,7 @@ help:
 	@echo "make bench   - freshness benchmark of the live indicator stream (own Kafka and PostgreSQL)"
 	@echo "make stop    - stop everything started by make demo"
 	@echo "make status  - what runs"
-	@echo "make schemas - regenerate docs/schemas from the event declarations"
+	@echo "make schemas - regenerate docs/schemas and docs/asyncapi.yaml from the declarations"
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ infra-down:
 	-deploy/postgres.sh stop
 
 up: infra-up
-	deploy/services.sh start ingest processor api
+	deploy/services.sh start ingest processor api webhooks
 
 demo: up
 	deploy/services.sh start simulator
@@ -53,6 +53,7 @@ demo: up
 	@echo "    query API      http://127.0.0.1:$${CRM_API_PORT:-8000}/v1/customers   (docs: /docs)"
 	@echo "    dashboard      http://127.0.0.1:$${CRM_API_PORT:-8000}/dashboard      (live indicators, 中文/English)"
 	@echo "    processor      http://127.0.0.1:$${CRM_PROCESSOR_WEB_PORT:-6066}/metrics"
+	@echo "    webhooks       http://127.0.0.1:$${CRM_API_PORT:-8000}/v1/webhooks    (dispatcher: :$${CRM_WEBHOOKS_PORT:-8090}/metrics)"
 	@echo "    Kafka          127.0.0.1:$${CRM_KAFKA_PORT:-9092}    PostgreSQL 127.0.0.1:$${CRM_PG_PORT:-5432}/crm"
 	@echo "    logs           $(CRM_HOME)/logs/"
 	@echo "  make stop   stops everything"
@@ -81,6 +82,7 @@ bench: install
 
 schemas: install
 	$(VENV)/bin/crm schemas export --out docs/schemas
+	$(VENV)/bin/crm asyncapi export --out docs/asyncapi.yaml
 
 logs:
 	tail -n 50 -f $(CRM_HOME)/logs/*.log

@@ -3,10 +3,10 @@
 # demo simulator) in the background, with pid files and logs under $CRM_HOME.
 #
 # usage: deploy/services.sh {start|stop|status} [service...]
-#   services: ingest processor api simulator (start default: ingest processor api)
+#   services: ingest processor api webhooks simulator (start default: ingest processor api webhooks)
 #
 # Environment: CRM_HOME (<repo>/.crm), CRM_VENV (<repo>/.venv), and the CRM_* settings of the
-# services themselves (CRM_KAFKA_BOOTSTRAP, CRM_PG_DSN, CRM_INGEST_PORT, CRM_API_PORT, ...).
+# services themselves (CRM_KAFKA_BOOTSTRAP, CRM_PG_DSN, CRM_INGEST_PORT, CRM_API_PORT, CRM_WEBHOOKS_PORT, ...).
 # CRM_SIMULATOR_ARGS: extra arguments for crm-simulator (default: --rate 20 --loop).
 set -euo pipefail
 
@@ -25,6 +25,7 @@ command_of() {
     ingest) echo "$VENV/bin/crm-ingest" ;;
     processor) echo "$VENV/bin/crm-processor" ;;
     api) echo "$VENV/bin/crm-api" ;;
+    webhooks) echo "$VENV/bin/crm-webhooks" ;;
     # shellcheck disable=SC2086
     simulator) echo "$VENV/bin/crm-simulator ${CRM_SIMULATOR_ARGS:---rate 20 --loop}" ;;
     *) echo "services: unknown service $1" >&2; exit 2 ;;
@@ -36,6 +37,7 @@ health_url() {
     ingest) echo "http://127.0.0.1:${CRM_INGEST_PORT:-8080}/healthz" ;;
     api) echo "http://127.0.0.1:${CRM_API_PORT:-8000}/healthz" ;;
     processor) echo "http://127.0.0.1:${CRM_PROCESSOR_WEB_PORT:-6066}/healthz" ;;
+    webhooks) echo "http://127.0.0.1:${CRM_WEBHOOKS_PORT:-8090}/healthz" ;;
     *) echo "" ;;
   esac
 }
@@ -78,13 +80,13 @@ stop_one() {
 action=${1:-}
 shift || true
 case $action in
-  start) for s in "${@:-ingest processor api}"; do for t in $s; do start_one "$t"; done; done ;;
-  stop) for s in "${@:-simulator api processor ingest}"; do for t in $s; do stop_one "$t"; done; done ;;
+  start) for s in "${@:-ingest processor api webhooks}"; do for t in $s; do start_one "$t"; done; done ;;
+  stop) for s in "${@:-simulator webhooks api processor ingest}"; do for t in $s; do stop_one "$t"; done; done ;;
   status)
     rc=0
-    for s in ${*:-ingest processor api simulator}; do
+    for s in ${*:-ingest processor api webhooks simulator}; do
       if running "$s"; then say "$s running (pid $(cat "$RUN_DIR/$s.pid"))"; else say "$s not running"; rc=3; fi
     done
     exit $rc ;;
-  *) echo "usage: $0 {start|stop|status} [ingest|processor|api|simulator ...]" >&2; exit 2 ;;
+  *) echo "usage: $0 {start|stop|status} [ingest|processor|api|webhooks|simulator ...]" >&2; exit 2 ;;
 esac

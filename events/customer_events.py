@@ -114,6 +114,71 @@ def resolved_cloudevent(tp: Touchpoint, customer_id: str, refused: tuple[str, ..
     return ce
 
 
+# -- the declared shapes (JSON Schema), checked against the functions above by the tests ----------
+
+MARKER_DESCRIPTIONS = {
+    MERGED: "every identifier of data.source moved to customerid: data.source is an alias now",
+    UNMERGED: "data.source was split: these identifiers left it for customerid",
+    IDENTIFIED: "these identifiers belong to customerid, though no event of the batch stated it "
+                "(e.g. one a guard kept apart)",
+}
+
+
+def resolution_schema() -> dict[str, Any]:
+    """JSON Schema of the extension attributes ``resolved_cloudevent`` adds to a touchpoint."""
+    return {
+        "type": "object",
+        "required": ["customerid", "identifiers", "identityversion"],
+        "properties": {
+            "customerid": {"type": "string", "description": "the customer the touchpoint was resolved to"},
+            "identifiers": {"type": "string",
+                            "description": "the touchpoint's normalized identifier keys, space separated, "
+                                           "e.g. 'email:li.na@163.com phone:+8613912345678'"},
+            "refused": {"type": "string", "description": "those identifiers that belong to other customers (a guard "
+                                                         "refused the link, or the event is an unlink), space "
+                                                         "separated; absent when none"},
+            "identityversion": {"type": "integer", "minimum": 0,
+                                "description": "the identity graph's version the resolution is true at"},
+        },
+    }
+
+
+def marker_schema(marker_type: str) -> dict[str, Any]:
+    """JSON Schema of one identity marker's CloudEvent (``IdentityMarker.to_cloudevent``)."""
+    data: dict[str, Any] = {
+        "customer_id": {"type": "string", "description": "the customer the identifiers belong to now"},
+        "identifiers": {"type": "array", "items": {"type": "string"}, "description": "identifier keys"},
+        "version": {"type": "integer", "minimum": 0, "description": "the identity graph's version this is true at"},
+    }
+    if marker_type != IDENTIFIED:
+        data.update({
+            "source": {"type": "string", "description": "merged: the alias; unmerged: the customer that was split"},
+            "seq": {"type": "integer", "minimum": 1, "description": "the change's number in the identity graph's log"},
+            "event_key": {"type": "string", "description": "key of the touchpoint that caused the change"},
+            "event_id": {"type": "string", "description": "id of the touchpoint that caused the change"},
+            "identifier": {"type": "string", "description": "the identifier that linked (or split) the customers"},
+            "rule": {"type": "string", "description": "the rule that decided"},
+        })
+    return {
+        "title": marker_type,
+        "description": MARKER_DESCRIPTIONS[marker_type],
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["specversion", "id", "source", "type", "time", "customerid", "datacontenttype", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string", "description": "<type>:<version>:<customer_id>:<source>"},
+            "source": {"const": MARKER_SOURCE},
+            "type": {"const": marker_type},
+            "time": {"type": ["string", "null"], "format": "date-time",
+                     "description": "event time of the cause; null when unknown"},
+            "customerid": {"type": "string"},
+            "datacontenttype": {"const": "application/json"},
+            "data": {"type": "object", "additionalProperties": False, "required": list(data), "properties": data},
+        },
+    }
+
+
 def decode(value: bytes) -> CustomerEvent | IdentityMarker:
     ce = orjson.loads(value)
     if ce.get("type") in MARKER_TYPES:

@@ -44,6 +44,21 @@ def _schemas_export(args: argparse.Namespace, cfg: settings_mod.Settings) -> int
     return 0
 
 
+def _asyncapi_export(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
+    from events.asyncapi import document, to_yaml
+
+    # the committed document describes the defaults, not this machine's environment
+    defaults = settings_mod.Settings.model_fields
+    doc = document(args.partitions or defaults["partitions"].default,
+                   args.replication_factor or defaults["replication_factor"].default)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n" if out.suffix == ".json" else to_yaml(doc)
+    out.write_text(text)
+    print(f"AsyncAPI document of {len(doc['channels'])} topics written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crm", description="CRM platform operations")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     export = schemas.add_parser("export", help="write the JSON Schema of every event type")
     export.add_argument("--out", default="docs/schemas")
     export.set_defaults(fn=_schemas_export)
+
+    asyncapi = sub.add_parser("asyncapi", help="the AsyncAPI document of the topics").add_subparsers(
+        dest="asyncapi_command", required=True)
+    export = asyncapi.add_parser("export", help="write the AsyncAPI 3 document of every topic (YAML, or JSON "
+                                                "for a .json file)")
+    export.add_argument("--out", default="docs/asyncapi.yaml")
+    export.add_argument("--partitions", type=int, default=None, help="default: the settings' default")
+    export.add_argument("--replication-factor", type=int, default=None, help="default: the settings' default")
+    export.set_defaults(fn=_asyncapi_export)
     return parser
 
 

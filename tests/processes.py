@@ -180,6 +180,12 @@ class Platform:
         svc = self._start("api", "crm-api", f"http://127.0.0.1:{port}/healthz", CRM_API_PORT=str(port), **env)
         return svc, f"http://127.0.0.1:{port}"
 
+    def webhooks(self, **env: str) -> Service:
+        """A webhook dispatcher (``crm-webhooks``); several share the partitions and the deliveries."""
+        port = free_port()
+        return self._start("webhooks", "crm-webhooks", f"http://127.0.0.1:{port}/healthz",
+                           CRM_WEBHOOKS_PORT=str(port), CRM_WEBHOOKS_ID=f"{self.processor_id}-webhooks", **env)
+
     def stop_all(self) -> None:
         for svc in reversed(self.services):
             svc.stop()

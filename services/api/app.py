@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from services.api.deps import Database
+from services.common.db import TransactionPool
 from services.common.publisher import KafkaPublisher
 from services.api.live import Hub
-from services.api.routes import customers, indicators, state
+from services.api.routes import customers, docs, indicators, state, webhooks
 from services.common.settings import Settings
 
 REQUESTS = Counter("crm_api_requests_total", "HTTP requests", ["route", "status"])
@@ -33,6 +34,7 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
         yield
         await app.state.hub.stop()
         app.state.db.close()
+        app.state.writer.close()
         app.state.publisher.close()
 
     app = FastAPI(title="CRM query API", version="1", lifespan=lifespan,
@@ -43,9 +45,13 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
     app.state.publisher = publisher or KafkaPublisher(settings.kafka_bootstrap, client_id="crm-api",
                                                       ack_timeout_s=settings.kafka_ack_timeout_s)
     app.state.hub = Hub(settings.kafka_bootstrap)
+    # the API writes only the tables it owns (webhook subscriptions), through a pool of its own
+    app.state.writer = TransactionPool(settings.pg_dsn, maxconn=4, application_name="crm-api-writer")
     app.include_router(customers.router)
     app.include_router(indicators.router)
     app.include_router(state.router)
+    app.include_router(docs.router)
+    app.include_router(webhooks.router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):

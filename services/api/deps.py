@@ -12,6 +12,7 @@ import psycopg2.extras
 import psycopg2.pool
 from fastapi import Depends, Request
 
+from services.common.db import TransactionPool
 from services.common.publisher import KafkaPublisher
 from services.common.settings import Settings
 
@@ -72,9 +73,16 @@ def get_publisher(request: Request) -> KafkaPublisher:
     return request.app.state.publisher
 
 
+def get_writer(request: Request) -> TransactionPool:
+    """The small read-write pool for the tables the API owns (webhook subscriptions), apart from
+    the read-only pool of the read models."""
+    return request.app.state.writer
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 PublisherDep = Annotated[KafkaPublisher, Depends(get_publisher)]
+WriterDep = Annotated[TransactionPool, Depends(get_writer)]
 
 
 @functools.lru_cache(maxsize=4)

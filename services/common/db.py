@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from contextlib import contextmanager
 from importlib import resources
+from typing import Iterator
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.pool
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +19,35 @@ def connect(dsn: str, *, application_name: str = "crm", autocommit: bool = False
     conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=5)
     conn.autocommit = autocommit
     return conn
+
+
+class TransactionPool:
+    """A small thread-safe pool of read-write connections, one transaction per use: for the
+    processes' own small tables (webhook subscriptions and deliveries), never the read models."""
+
+    def __init__(self, dsn: str, *, maxconn: int = 4, application_name: str = "crm"):
+        # psycopg2's pool raises when exhausted; callers wait for a free connection instead
+        self.slots = threading.BoundedSemaphore(maxconn)
+        self.pool = psycopg2.pool.ThreadedConnectionPool(0, maxconn, dsn, application_name=application_name,
+                                                         connect_timeout=5)
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor in a transaction, committed when the block ends, rolled back when it raises."""
+        with self.slots:
+            conn = self.pool.getconn()
+            broken = False
+            try:
+                with conn, conn.cursor() as cur:
+                    yield cur
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                broken = True
+                raise
+            finally:
+                self.pool.putconn(conn, close=broken or bool(conn.closed))
+
+    def close(self) -> None:
+        self.pool.closeall()
 
 
 def lock_id(name: str) -> int:

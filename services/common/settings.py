@@ -78,6 +78,25 @@ class Settings(BaseSettings):
     feed_relay_poll_s: float = Field(0.05, gt=0, description="how often the feed relay looks for new outbox rows "
                                                              "when idle")
 
+    # webhooks (crm-webhooks): the change feed relayed to subscribed HTTP endpoints
+    webhooks_id: str = Field("crm-webhooks", description="consumer group and offset namespace of the dispatchers")
+    webhooks_host: str = "127.0.0.1"
+    webhooks_port: int = Field(8090, description="the dispatcher's /healthz and /metrics")
+    webhooks_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800], min_length=1,
+        description="seconds to wait after the 1st, 2nd, ... failed attempt (JSON list); after the last, the "
+                    "delivery is failed (CRM_WEBHOOKS_RETRY_SCHEDULE_S)")
+    webhooks_retry_jitter: float = Field(0.2, ge=0, lt=1, description="each wait is spread by ± this fraction")
+    webhooks_timeout_s: float = Field(10.0, gt=0, description="the most one attempt may take, answer included")
+    webhooks_lease_s: float = Field(60.0, gt=0, description="how long a claimed delivery stays reserved for its "
+                                                            "dispatcher (more than webhooks_timeout_s)")
+    webhooks_concurrency: int = Field(64, ge=1, description="deliveries one dispatcher sends at once")
+    webhooks_per_subscription: int = Field(4, ge=1, description="deliveries of one subscription in flight at once, "
+                                                               "every dispatcher counted")
+    webhooks_poll_s: float = Field(0.5, gt=0, description="how often a dispatcher looks for due deliveries when idle")
+    webhooks_previous_secret_s: float = Field(24 * 3600, ge=0, description="how long a rotated-out secret still "
+                                                                         "signs deliveries beside the new one")
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -103,6 +122,21 @@ class Settings(BaseSettings):
         from projections.alerts import rules
 
         rules(value)
+        return value
+
+    @field_validator("webhooks_retry_schedule_s")
+    @classmethod
+    def _webhook_schedule(cls, value: list[float]) -> list[float]:
+        if any(wait <= 0 for wait in value):
+            raise ValueError("every wait must be more than 0 seconds")
+        return value
+
+    @field_validator("webhooks_lease_s")
+    @classmethod
+    def _webhook_lease(cls, value: float, info) -> float:
+        timeout = info.data.get("webhooks_timeout_s")
+        if timeout is not None and value <= timeout:
+            raise ValueError(f"must be more than webhooks_timeout_s ({timeout:g}): a lease outlives its attempt")
         return value
 
 

@@ -41,7 +41,7 @@ def configure(service: str, level: str = "INFO", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("kafka", "aiokafka", "uvicorn.access"):
+    for noisy in ("kafka", "aiokafka", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

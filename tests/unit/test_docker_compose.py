@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 
-REQUIRED_SERVICES = {"ingest", "processor", "api", "init", "kafka", "postgres"}
-APP_SERVICES = {"ingest", "processor", "api"}
+REQUIRED_SERVICES = {"ingest", "processor", "api", "webhooks", "init", "kafka", "postgres"}
+APP_SERVICES = {"ingest", "processor", "api", "webhooks"}
 TOPICS = {
     "crm.touchpoints",
     "crm.customer-events",
@@ -212,7 +212,7 @@ def test_k8s_topics_and_deployments():
 
     partitions = topics["crm.touchpoints"]["partitions"]
     deployments = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Deployment"}
-    assert set(deployments) == {"crm-ingest", "crm-processor", "crm-api"}
+    assert set(deployments) == {"crm-ingest", "crm-processor", "crm-api", "crm-webhooks"}
     processor_replicas = deployments["crm-processor"]["spec"]["replicas"]
     assert processor_replicas <= min(partitions, topics["crm.customer-events"]["partitions"])
     for name, dep in deployments.items():
