@@ -140,9 +140,15 @@ class FeedRelay:
         """Relay for as long as the process runs: lead when nobody else does."""
         while not self._stopping:
             try:
-                if not await self._db(self._lead):
+                if not await self._db(self._lead):  # another relay leads; keep the session, try again
                     await asyncio.sleep(2.0)
                     continue
+            except psycopg2.Error as exc:
+                log.warning("feed relay cannot reach PostgreSQL", extra={"relay": self.name, "error": str(exc).strip()})
+                await self._db(self._release)
+                await asyncio.sleep(2.0)
+                continue
+            try:
                 LEADER.set(1)
                 log.info("feed relay leading", extra={"relay": self.name})
                 await self._relay()
