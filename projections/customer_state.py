@@ -473,10 +473,7 @@ def changes(before: dict | None, after: dict) -> list[tuple[str, str, dict[str, 
     out: list[tuple[str, str, dict[str, Any]]] = []
     b = before or {}
     old_stage = (b.get("lifecycle") or {}).get("stage")
-    if old_stage != after["lifecycle"]["stage"]:
-        out.append(("lifecycle.changed", "", {"from": old_stage, "to": after["lifecycle"]["stage"],
-                                              "rule": after["lifecycle"]["rule"]}))
-    elif b.get("lifecycle") != after["lifecycle"]:  # same stage, another rule put it there
+    if b.get("lifecycle") != after["lifecycle"]:  # another stage, or another rule put it there
         out.append(("lifecycle.changed", "", {"from": old_stage, "to": after["lifecycle"]["stage"],
                                               "rule": after["lifecycle"]["rule"]}))
     old_segments = set(b.get("segments") or ())
