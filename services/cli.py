@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from services import deadletters, replay
 from services.common import settings as settings_mod
 
 
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--partitions", type=int, default=None, help="default: the settings' default")
     export.add_argument("--replication-factor", type=int, default=None, help="default: the settings' default")
     export.set_defaults(fn=_asyncapi_export)
+
+    deadletters.register(sub)
+    replay.register(sub)
     return parser
 
 

@@ -50,9 +50,21 @@ class TransactionPool:
         self.pool.closeall()
 
 
-def lock_id(name: str) -> int:
-    """The advisory-lock number of a name (64-bit hash)."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+_lock_scope = ""
+
+
+def set_lock_scope(scope: str) -> None:
+    """Advisory locks are database-wide; a process writing a projection rebuilt beside the live one
+    (``crm replay``, in its own schema) names its locks apart so it never waits for the live workers."""
+    global _lock_scope
+    _lock_scope = f"{scope}:" if scope else ""
+
+
+def lock_id(name: str, *, scope: str | None = None) -> int:
+    """The advisory-lock number of a name (64-bit hash), within this process's lock scope (or the
+    given one; ``""`` names the live workers' locks)."""
+    prefix = _lock_scope if scope is None else (f"{scope}:" if scope else "")
+    return int.from_bytes(hashlib.blake2b((prefix + name).encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def lock(cur, names) -> None:

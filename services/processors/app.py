@@ -117,7 +117,9 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
 
     async def publish(outputs: list[Output]) -> None:
         producer = app.producer
-        futures = [await producer.send(o.topic, o.key, o.value, None, None, list(o.headers)) for o in outputs]
+        futures = [await producer.send(o.topic, o.key, o.value, None,
+                                       o.timestamp_ms / 1000 if o.timestamp_ms else None, list(o.headers))
+                   for o in outputs]
         if futures:
             await asyncio.gather(*futures)
 

@@ -17,6 +17,7 @@ of them; the result depends only on the set of events, never on their order.
 """
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,12 +30,12 @@ from events.envelope import InvalidEvent, Touchpoint, validate
 from events.kafka_binding import decode, structured_headers
 from projections.identity import (Cause, Change, Evidence, changes, event_home, kind_of, link_key,
                                   resolve_evidence)
+from services.common.db import lock_id
 from services.common.topics import CUSTOMER_EVENTS, TOUCHPOINTS
 from services.processors.records import Output, Record, deadletter
 
 log = logging.getLogger(__name__)
 
-GRAPH_LOCK = 727002
 HEADERS = tuple(structured_headers())
 
 
@@ -69,9 +70,10 @@ class IdentityStage:
     name = "identity"
     topic = TOUCHPOINTS
 
-    def __init__(self, default_region: str, limits: dict[str, int] | None = None):
+    def __init__(self, default_region: str, limits: dict[str, int] | None = None, *, archive: bool = True):
         self.default_region = default_region
         self.limits = dict(limits or {})
+        self.archive = archive  # a rebuild (``crm replay``) reads the archive; it does not write it
 
     def decode(self, record: Record) -> Touchpoint | Output:
         """The validated touchpoint, or the dead-letter record saying why not."""
@@ -85,16 +87,20 @@ class IdentityStage:
     def prepare(self, cur, records: list[Record]) -> list[Output]:
         outputs: list[Output] = []
         facts: list[_Facts] = []
+        accepted: list[tuple[Record, Touchpoint]] = []
         for record in records:
             decoded = self.decode(record)
             if isinstance(decoded, Output):
                 outputs.append(decoded)
             else:
                 facts.append(_facts(decoded))
+                accepted.append((record, decoded))
         if not facts:
             return outputs
+        if self.archive:
+            self._archive(cur, accepted)
 
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (GRAPH_LOCK,))
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id("identity-graph"),))
         cur.execute("SELECT version FROM identity_state")
         version = cur.fetchone()[0]
         keys = sorted({k for f in facts for k in f.keys})
@@ -124,23 +130,41 @@ class IdentityStage:
         if new_statements or earlier:
             version, markers = self._resolve(cur, version, known, first, earlier, new_statements, owner)
 
+        # resolved events keep their touchpoint's receive time (the Kafka timestamp), so lateness is
+        # measured from when the platform received an event, however long processing took; a rebuild
+        # sees the same times
         stated: set[str] = set()
         events = []
-        for f in facts:
+        received = max(r.timestamp_ms or 0 for r, _ in accepted) or None
+        for f, (record, _) in zip(facts, accepted):
             cid = owner[f.home]
             refused = tuple(k for k in f.keys if k != f.home and (f.evidence is not None and f.evidence.unlink
                                                                   or owner[k] != cid))
             stated.update(k for k in f.keys if k not in refused)
             events.append(Output(CUSTOMER_EVENTS, cid.encode(),
-                                 orjson.dumps(resolved_cloudevent(f.tp, cid, refused, version)), HEADERS))
+                                 orjson.dumps(resolved_cloudevent(f.tp, cid, refused, version)), HEADERS,
+                                 record.timestamp_ms))
         for m in markers:
             if m.type == IDENTIFIED:
                 m = IdentityMarker(IDENTIFIED, m.customer_id, tuple(k for k in m.identifiers if k not in stated),
                                    m.version, time=m.time)
                 if not m.identifiers:
                     continue
-            outputs.append(Output(CUSTOMER_EVENTS, m.customer_id.encode(), orjson.dumps(m.to_cloudevent()), HEADERS))
+            outputs.append(Output(CUSTOMER_EVENTS, m.customer_id.encode(), orjson.dumps(m.to_cloudevent()), HEADERS,
+                                  received))
         return outputs + events
+
+    @staticmethod
+    def _archive(cur, accepted: list[tuple[Record, Touchpoint]]) -> None:
+        """Keep every accepted event byte for byte with its position, in the batch's transaction."""
+        execute_values(cur, """
+            INSERT INTO event_archive (topic, partition, kafka_offset, event_key, type, event_time, key, value,
+                                       headers, record_time)
+            VALUES %s ON CONFLICT DO NOTHING""",
+            [(r.topic, r.partition, r.offset, tp.key, tp.type, tp.time, r.key, r.value,
+              orjson.dumps([[k, base64.b64encode(v or b"").decode()] for k, v in r.headers]).decode(), r.timestamp)
+             for r, tp in accepted],
+            template="(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)", page_size=1000)
 
     # -- resolution of the touched components -------------------------------------------------------
     @staticmethod

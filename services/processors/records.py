@@ -37,6 +37,7 @@ class Output:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = field(default=())
+    timestamp_ms: int | None = None  # None: the producer's clock
 
 
 def deadletter(record: Record, *, stage: str, kind: str, reason: str,

@@ -87,12 +87,14 @@ class StateProjection:
         self._write(cur, rows, outbox)
 
     # -- the clock ----------------------------------------------------------------------------------
-    def tick(self, cur, limit: int = 500) -> int:
+    def tick(self, cur, limit: int = 500, *, exclusive: bool = True) -> int:
         """Re-evaluate at the clock the customers whose review time has come; returns how many.
-        One worker ticks at a time; the customer locks keep it apart from the view stage."""
-        cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_id("customer-state-tick"),))
-        if not cur.fetchone()[0]:
-            return 0
+        One worker ticks at a time (unless not ``exclusive``); the customer locks keep it apart from
+        the view stage."""
+        if exclusive:
+            cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_id("customer-state-tick"),))
+            if not cur.fetchone()[0]:
+                return 0
         now = self.clock()
         cur.execute("""SELECT customer_id FROM customer_state WHERE live AND next_review_at <= %s
                        ORDER BY next_review_at LIMIT %s""", (now, limit))
@@ -115,6 +117,72 @@ class StateProjection:
         self._write(cur, rows, outbox)
         TICKED.inc(len(rows))
         return len(rows)
+
+    # -- after a rebuild -----------------------------------------------------------------------------
+    def reconcile(self, cur, retired: str) -> dict[str, int]:
+        """After a rebuilt customer state took the place of the published one (``crm replay``; the
+        replaced table is ``{retired}.customer_state``).
+
+        The state is a function of the view, the time it is evaluated at and the previous snapshot
+        (a stage's ``since``), and live workers evaluate at times a rebuild cannot repeat (clock
+        ticks). So each rebuilt customer is judged as the live worker would judge it: its rebuilt
+        view, evaluated at the published snapshot's time, after the published snapshot. Where that
+        says the same, the published row stays as it is, version included; every difference is
+        published as changes with a version above the published one. Ids published as gone keep
+        their rows, so their versions keep growing if they come back."""
+        columns = "customer_id, version, live, snapshot, as_of, next_review_at, lifecycle, tier, segments"
+        cur.execute(f"""INSERT INTO customer_state ({columns}) SELECT {columns} FROM {retired}.customer_state o
+                        WHERE NOT o.live AND NOT EXISTS (SELECT 1 FROM customer_state n
+                                                         WHERE n.customer_id = o.customer_id)""")
+        keys = [f"{{t}}.snapshot->'{k}'" for k in customer_state.CONTENT if k != "lifecycle"]
+        keys.append("({t}.snapshot->'lifecycle') - 'since'")
+        same = (f"jsonb_build_array({', '.join(keys).format(t='n')}) = "
+                f"jsonb_build_array({', '.join(keys).format(t='o')})")
+        adopt = """UPDATE customer_state n SET version = o.version, snapshot = o.snapshot, as_of = o.as_of,
+                       next_review_at = o.next_review_at, lifecycle = o.lifecycle, tier = o.tier, segments = o.segments
+                   FROM {retired}.customer_state o WHERE n.customer_id = o.customer_id AND {where}"""
+        cur.execute(adopt.format(retired=retired, where=f"n.live = o.live AND (NOT n.live OR {same})"))
+        counts = {"adopted": cur.rowcount, "changed": 0, "gone": 0, "changes": 0}
+        cur.execute(f"""
+            SELECT coalesce(n.customer_id, o.customer_id), n.live, v.state, n.as_of, o.version, o.live, o.snapshot,
+                   o.as_of
+            FROM customer_state n FULL JOIN {retired}.customer_state o ON n.customer_id = o.customer_id
+            LEFT JOIN customer_view v ON v.customer_id = n.customer_id
+            WHERE n.customer_id IS NULL OR o.customer_id IS NULL OR n.live <> o.live
+               OR n.version <> o.version OR n.snapshot IS DISTINCT FROM o.snapshot""")
+        rows, outbox, kept = [], [], []
+        for cid, live, view, as_of, old_version, old_live, old_snapshot, old_as_of in cur.fetchall():
+            version = (old_version or 0) + 1
+            if live and view is not None:
+                view = customer_view.upgrade(view)
+                at = max(as_of, old_as_of) if old_as_of else as_of
+                previous = old_snapshot if old_live else None
+                after = customer_state.derive(view, at, self.rules, previous)
+                if previous is not None and customer_state.same(previous, after):
+                    kept.append(cid)
+                    continue
+                after = {**after, "version": version}
+                found = customer_state.changes(previous, after)
+                outbox += [self._change(cid, version, kind, after["as_of"], data, after, detail)
+                           for kind, detail, data in found]
+                outbox.append((CUSTOMER_STATE, cid, orjson.dumps(after), _SNAPSHOT_HEADERS + _version_header(version)))
+                rows.append((cid, version, True, orjson.dumps(after).decode(), at,
+                             customer_state.next_review(view, at, self.rules), after["lifecycle"]["stage"],
+                             after["value"]["tier"], after["segments"]))
+                counts["changed"] += 1
+                counts["changes"] += len(found)
+            elif old_live:  # published as live, gone in the rebuild
+                outbox.append(self._change(cid, version, "customer.merged", customer_view.ts(old_as_of),
+                                           {"into": None}, None))
+                outbox.append((CUSTOMER_STATE, cid, None, _version_header(version)))
+                rows.append((cid, version, False, None, old_as_of, None, None, None, []))
+                counts["gone"] += 1
+                counts["changes"] += 1
+        if kept:
+            cur.execute(adopt.format(retired=retired, where="n.customer_id = ANY(%s)"), (kept,))
+            counts["adopted"] += len(kept)
+        self._write(cur, rows, outbox)
+        return counts
 
     # -- pieces -------------------------------------------------------------------------------------
     def _evaluate(self, cid: str, view: dict, as_of: datetime, old: dict | None, split: dict | None):
@@ -207,6 +275,11 @@ class StateTicker:
         self.max_per_run = max_per_run
         self._conn = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-tick")
+        self._stopping = False
+
+    def stop(self) -> None:
+        """A run in progress ends after its current transaction (the worker is stopping)."""
+        self._stopping = True
 
     def _run(self) -> int:
         total = 0
@@ -214,7 +287,7 @@ class StateTicker:
             if self._conn is None or self._conn.closed:
                 self._conn = connect(self.dsn, application_name="crm-state-tick")
                 psycopg2.extras.register_default_jsonb(self._conn, loads=orjson.loads)
-            while total < self.max_per_run:
+            while total < self.max_per_run and not self._stopping:
                 with self._conn, self._conn.cursor() as cur:
                     n = self.state.tick(cur)
                 total += n
