@@ -19,6 +19,17 @@ from events.touchpoints import EVENT_TYPES, EventType, TouchpointData
 _EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 CORE_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "data")
 
+EARLIEST_TIME = datetime(1900, 1, 1, tzinfo=timezone.utc)
+LATEST_TIME = datetime(2200, 1, 1, tzinfo=timezone.utc)
+"""Event times are refused outside [EARLIEST_TIME, LATEST_TIME): the folds add windows and periods
+to them, which would leave the range of a datetime near its ends (years 1 and 9999)."""
+TIME_RANGE = f"between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d} (UTC)"
+
+
+def _in_range(value: datetime) -> bool:
+    # aware datetimes compare across offsets without converting, which could overflow at the ends
+    return EARLIEST_TIME <= value < LATEST_TIME
+
 
 class CloudEvent(BaseModel):
     """A CloudEvents 1.0 event in structured JSON form; extension attributes are kept as extras."""
@@ -40,6 +51,8 @@ class CloudEvent(BaseModel):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("time must carry a time zone offset (RFC 3339), e.g. 2026-11-22T10:00:00Z")
+        if value is not None and not _in_range(value):
+            raise ValueError(f"time must be {TIME_RANGE}")
         return value
 
     @field_validator("datacontenttype")
@@ -127,12 +140,53 @@ def event_key(source: str, event_id: str) -> str:
     return hashlib.blake2b(f"{source}\x00{event_id}".encode(), digest_size=16).hexdigest()
 
 
+NUL_MESSAGE = "must not contain the NUL character (U+0000), which no text in the read model can hold"
+MAX_NESTING = 32
+"""How deep objects and arrays may nest in an event (the envelope is level 0, ``data`` level 1)."""
+
+
+def content_errors(raw: Any) -> list[FieldError]:
+    """What no schema can accept in a decoded JSON value: a string or member name holding U+0000
+    (PostgreSQL refuses it in text and jsonb, so the event could never be stored) and nesting
+    deeper than MAX_NESTING. Iterative, so no input can exhaust the interpreter's stack."""
+    errors: list[FieldError] = []
+    stack: list[tuple[Any, str, int]] = [(raw, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                errors.append(FieldError(path, NUL_MESSAGE))
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth >= MAX_NESTING:
+            errors.append(FieldError(path, f"objects and arrays nest more than {MAX_NESTING} levels deep here"))
+            continue
+        members = value.items() if isinstance(value, dict) else enumerate(value)
+        for name, item in members:
+            shown = str(name).replace("\x00", "\\u0000")  # the error itself must be storable
+            where = f"{path}.{shown}" if path else shown
+            if shown != str(name):
+                errors.append(FieldError(where, f"the member name {NUL_MESSAGE}"))
+            stack.append((item, where, depth + 1))
+    return sorted(errors, key=lambda e: e.field)
+
+
 def _pydantic_errors(exc: ValidationError, prefix: str) -> list[FieldError]:
     out = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])
         out.append(FieldError(f"{prefix}{loc}" if loc else prefix.rstrip("."), err["msg"]))
     return out
+
+
+def _wire_name(data: TouchpointData, path: str) -> str:
+    """The dotted name of an identity field as the sender wrote it: ``from_address`` is ``data.from``,
+    ``to[0]`` is ``data.to.0`` (as pydantic names the fields it refuses)."""
+    name, _, index = path.partition("[")
+    info = type(data).model_fields.get(name)
+    wire = info.alias if info is not None and info.alias else name
+    return f"data.{wire}" + (f".{index.rstrip(']')}" if index else "")
 
 
 def _field_value(data: TouchpointData, path: str) -> Any:
@@ -142,6 +196,16 @@ def _field_value(data: TouchpointData, path: str) -> Any:
         i = int(index.rstrip("]"))
         value = value[i] if len(value) > i else None
     return value
+
+
+def _normalize(kind: str, raw: object, default_region: str) -> Identifier:
+    """``normalize``, refusing also an identifier with white space inside: customer events carry
+    their identifier keys space separated (``events.customer_events``), so such a value would
+    come apart into several identifiers no one sent."""
+    ident = normalize(kind, raw, default_region)
+    if any(c.isspace() for c in ident.value):
+        raise InvalidIdentifier(f"{kind} {raw!r} has white space inside, which no identifier may hold")
+    return ident
 
 
 def extract_identifiers(event_type: EventType, data: TouchpointData, default_region: str
@@ -154,9 +218,9 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
         if raw is None:
             continue
         try:
-            ident = normalize(kind, raw, default_region)
+            ident = _normalize(kind, raw, default_region)
         except InvalidIdentifier as exc:
-            invalid.append(FieldError(f"data.{path}", str(exc)))
+            invalid.append(FieldError(_wire_name(data, path), str(exc)))
             continue
         if ident not in found:
             found.append(ident)
@@ -168,7 +232,7 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
     if refs:
         for i, ref in enumerate(refs):
             try:
-                ident = normalize(ref.kind, ref.value, default_region)
+                ident = _normalize(ref.kind, ref.value, default_region)
             except InvalidIdentifier as exc:
                 invalid.append(FieldError(f"data.identifiers.{i}", str(exc)))
                 continue
@@ -186,6 +250,9 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN") -> 
     """
     if not isinstance(raw, dict):
         raise InvalidEvent("schema_violation", [FieldError("", "an event must be a JSON object")])
+    unstorable = content_errors(raw)
+    if unstorable:
+        raise InvalidEvent("schema_violation", unstorable)
     try:
         envelope = CloudEvent.model_validate(raw)
     except ValidationError as exc:
@@ -217,7 +284,13 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN") -> 
                 raise ValueError
         except ValueError:
             raise InvalidEvent("schema_violation", [FieldError("sentat", "sentat must be an RFC 3339 time with offset")]) from None
+        if not _in_range(sent):
+            raise InvalidEvent("schema_violation", [FieldError("sentat", f"sentat must be {TIME_RANGE}")])
         time = received_at - (sent - time)
+        if not _in_range(time):
+            raise InvalidEvent("schema_violation", [FieldError(
+                "time", f"time corrected for the sender's clock (received - (sentat - time)) is {time.isoformat()}; "
+                        f"it must be {TIME_RANGE}")])
     ext.pop("channel", None)  # the channel is the declared one of the type
     ext.pop("customerid", None)  # resolved by the platform, never trusted from a sender
 

@@ -235,7 +235,8 @@ class ArchiveSource:
                 rows = cur.fetchall()
                 for offset, key, value, headers, at in rows:
                     out.append(Record(self.topic, p, offset, bytes(key) if key is not None else None, bytes(value),
-                                      tuple((k, base64.b64decode(v)) for k, v in headers), int(at.timestamp() * 1000)))
+                                      tuple((base64.b64decode(k).decode("utf-8", "surrogatepass"), base64.b64decode(v))
+                                            for k, v in headers), int(at.timestamp() * 1000)))
                 # fewer rows than asked: nothing else is archived below the target (the rest were dead letters)
                 moved[p] = rows[-1][0] + 1 if len(rows) == share else targets[p]
         return out, moved

@@ -8,16 +8,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg2
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api.deps import Database
+from services.api.deps import Database, refuse_nul
 from services.common.db import TransactionPool
 from services.common.publisher import KafkaPublisher
 from services.api.live import Hub
 from services.api.routes import customers, docs, indicators, state, webhooks
+from services.api.schemas import Problem, ValidationProblem
 from services.common.settings import Settings
 
 REQUESTS = Counter("crm_api_requests_total", "HTTP requests", ["route", "status"])
@@ -37,9 +39,14 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
         app.state.writer.close()
         app.state.publisher.close()
 
-    app = FastAPI(title="CRM query API", version="1", lifespan=lifespan,
+    app = FastAPI(title="CRM query API", version="1", lifespan=lifespan, dependencies=[Depends(refuse_nul)],
                   description="The unified customer view and its timeline, and the satisfaction indicators "
-                              "(values, per-minute series, a live stream), read from the projections.")
+                              "(values, per-minute series, a live stream), read from the projections.",
+                  responses={400: {"model": Problem, "description": "a parameter or body no query can use "
+                                                                    "(e.g. text holding U+0000), or a body "
+                                                                    "that is not JSON"},
+                             422: {"model": ValidationProblem, "description": "parameters or body of the "
+                                                                              "wrong shape, by field"}})
     app.state.settings = settings
     app.state.db = db or Database(settings.pg_dsn)
     app.state.publisher = publisher or KafkaPublisher(settings.kafka_bootstrap, client_id="crm-api",
@@ -63,8 +70,8 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
         REQUESTS.labels(path, str(response.status_code)).inc()
         return response
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # also the routing's 404 and 405 and an unparsable body
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import threading
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Annotated, Iterator
 
 import orjson
 import psycopg2.extras
 import psycopg2.pool
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
+from events.envelope import EARLIEST_TIME, LATEST_TIME, NUL_MESSAGE, TIME_RANGE
 from services.common.db import TransactionPool
 from services.common.publisher import KafkaPublisher
 from services.common.settings import Settings
@@ -59,6 +61,23 @@ class Database:
 
     def close(self) -> None:
         self.pool.closeall()
+
+
+def refuse_nul(request: Request) -> None:
+    """Refuse a path or query parameter holding U+0000 (400, naming it): no identifier, name or
+    cursor can hold it, and PostgreSQL refuses it in a query parameter."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if isinstance(value, str) and "\x00" in value:
+            raise HTTPException(400, f"{name}: {NUL_MESSAGE}")
+
+
+def refuse_time_out_of_range(name: str, value: datetime | None) -> None:
+    """Refuse (400) a time no event can have (a naive one is taken as UTC): windows and folds
+    reaching past the range of a datetime would overflow."""
+    if value is None:
+        return
+    if not EARLIEST_TIME <= (value if value.tzinfo else value.replace(tzinfo=timezone.utc)) < LATEST_TIME:
+        raise HTTPException(400, f"{name} must be {TIME_RANGE}")
 
 
 def get_settings(request: Request) -> Settings:

@@ -4,10 +4,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from events.envelope import NUL_MESSAGE
 
 
-class IdentifierIn(BaseModel):
+class RequestBody(BaseModel):
+    """A request body: none of its text may hold U+0000 (PostgreSQL and the event log refuse it)."""
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if any(isinstance(v, str) and "\x00" in v for v in (value if isinstance(value, list) else [value])):
+            raise ValueError(NUL_MESSAGE)
+        return value
+
+
+class IdentifierIn(RequestBody):
     kind: Literal["account_id", "email", "phone", "anonymous_id"]
     value: str = Field(min_length=1, max_length=254)
 
@@ -15,6 +28,18 @@ class IdentifierIn(BaseModel):
 class Problem(BaseModel):
     error: str
     detail: Any | None = None
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="where: path, query or body, then the parameter or the field's dotted path")
+    message: str
+
+
+class ValidationProblem(BaseModel):
+    """A request of the wrong shape: each parameter or body field that is wrong, and why."""
+
+    error: str
+    detail: list[FieldProblem]
 
 
 class StampedValue(BaseModel):
@@ -118,7 +143,7 @@ class Merge(BaseModel):
     current: bool = Field(description="false when a later change moved some of these identifiers again")
 
 
-class UnmergeIn(BaseModel):
+class UnmergeIn(RequestBody):
     """Undo a wrong merge: name the merged-away customer id, or one identifier that is someone else."""
 
     alias: str | None = Field(None, max_length=100, description="a customer id merged into this one")

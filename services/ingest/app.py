@@ -73,6 +73,18 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it grows over ``limit`` bytes (a chunked body has no
+    Content-Length to refuse it by, and must not be read whole into memory)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(settings: Settings, publisher: KafkaPublisher) -> FastAPI:
     """The collector app, wired with its settings and Kafka publisher."""
     @asynccontextmanager
@@ -92,11 +104,11 @@ def create_app(settings: Settings, publisher: KafkaPublisher) -> FastAPI:
     })
     async def post_events(request: Request) -> Response:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_batch_bytes:
+        if length is not None and length.isdecimal() and int(length) > settings.max_batch_bytes:
             return _error(413, f"request body is {length} bytes; the limit is {settings.max_batch_bytes} bytes")
-        body = await request.body()
-        if len(body) > settings.max_batch_bytes:
-            return _error(413, f"request body is {len(body)} bytes; the limit is {settings.max_batch_bytes} bytes")
+        body = await _read_body(request, settings.max_batch_bytes)
+        if body is None:  # chunked, without a length: stopped reading at the limit
+            return _error(413, f"request body is over the limit of {settings.max_batch_bytes} bytes")
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -118,7 +130,10 @@ def create_app(settings: Settings, publisher: KafkaPublisher) -> FastAPI:
         seen: set[tuple[str, str]] = set()
         for index, item in enumerate(items):
             item_id = item.get("id") if isinstance(item, dict) else None
-            size = len(orjson.dumps(item))
+            try:
+                size = len(orjson.dumps(item))
+            except orjson.JSONEncodeError:  # nested too deeply to encode again: validate() says where
+                size = 0
             if size > settings.max_event_bytes:
                 rejected.append({"index": index, "id": item_id, "reason": "oversize", "errors": [
                     {"field": "", "message": f"event is {size} bytes; the limit is {settings.max_event_bytes}"}]})

@@ -66,6 +66,13 @@ def _facts(tp: Touchpoint) -> _Facts:
     return _Facts(tp, keys, keys[0], None, None)
 
 
+def _archived_headers(headers) -> str:
+    """Kafka headers as JSON text PostgreSQL can store: names and values base64 (a name may hold any
+    character, NUL included)."""
+    return orjson.dumps([[base64.b64encode(k.encode("utf-8", "surrogatepass")).decode(),
+                          base64.b64encode(v or b"").decode()] for k, v in headers]).decode()
+
+
 class IdentityStage:
     name = "identity"
     topic = TOUCHPOINTS
@@ -162,7 +169,7 @@ class IdentityStage:
                                        headers, record_time)
             VALUES %s ON CONFLICT DO NOTHING""",
             [(r.topic, r.partition, r.offset, tp.key, tp.type, tp.time, r.key, r.value,
-              orjson.dumps([[k, base64.b64encode(v or b"").decode()] for k, v in r.headers]).decode(), r.timestamp)
+              _archived_headers(r.headers), r.timestamp)
              for r, tp in accepted],
             template="(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)", page_size=1000)
 

@@ -12,13 +12,13 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
-from events.envelope import validate
+from events.envelope import InvalidEvent, validate
 from events.identifiers import InvalidIdentifier, normalize
 from events.kafka_binding import structured_headers
 from events.feed import LIFECYCLE_STAGES
 from projections import customer_view
 from projections.identity import Evidence, resolve_evidence
-from services.api.deps import DatabaseDep, PublisherDep, SettingsDep, state_rules
+from services.api.deps import DatabaseDep, PublisherDep, SettingsDep, refuse_time_out_of_range, state_rules
 from services.api.schemas import (CustomerList, CustomerOut, Merge, Merges, Problem, Timeline, TimelineItem,
                                   UnmergeIn, UnmergeOut)
 from services.common.publisher import KafkaUnavailable
@@ -283,6 +283,9 @@ def get_customer(
     """The unified view of one customer; an alias (a merged-away id) answers with the survivor."""
     if as_of is not None and as_of.tzinfo is None:
         raise HTTPException(400, "as_of needs a time zone offset, e.g. 2026-11-01T10:00:00Z")
+    refuse_time_out_of_range("as_of", as_of)
+    if as_of is not None:  # PostgreSQL takes offsets up to ±15:59 only; RFC 3339 up to ±23:59
+        as_of = as_of.astimezone(timezone.utc)
     with db.cursor() as cur:
         view = (_load(cur, customer_id) if as_of is None
                 else _load_as_of(cur, customer_id, as_of, settings.identity_limits))
@@ -320,8 +323,11 @@ def _encode_cursor(time: datetime, key: str) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         time, key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(time), str(key)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        at = datetime.fromisoformat(time)
+        if at.tzinfo is None or "\x00" in str(key):  # never in a cursor this API gave out
+            raise ValueError
+        return at.astimezone(timezone.utc), str(key)
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
         raise HTTPException(400, "invalid cursor; use the next_cursor of a previous page") from None
 
 
@@ -374,7 +380,10 @@ async def unmerge(customer_id: str, body: UnmergeIn, db: DatabaseDep, settings: 
            "time": datetime.now(timezone.utc).isoformat(), "subject": survivor,
            "data": {"identifiers": [{"kind": k.partition(":")[0], "value": k.partition(":")[2]} for k in pair],
                     "reason": body.reason, **({"operator": body.operator} if body.operator else {})}}
-    tp = validate(raw, received_at=datetime.now(timezone.utc), default_region=settings.default_region)
+    try:
+        tp = validate(raw, received_at=datetime.now(timezone.utc), default_region=settings.default_region)
+    except InvalidEvent as exc:  # the body passed UnmergeIn; whatever the event refuses beyond it is still a 400
+        raise HTTPException(400, f"the unmerge is not a valid identity.unlinked event: {exc}") from None
     try:
         await publisher.send_all([(TOUCHPOINTS, tp.primary_identifier.key.encode(), tp.to_json(),
                                    list(structured_headers()))])

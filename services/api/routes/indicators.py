@@ -16,7 +16,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from projections import indicators as ind
-from services.api.deps import DatabaseDep, SettingsDep
+from services.api.deps import DatabaseDep, SettingsDep, refuse_time_out_of_range
 from services.api.schemas import (IndicatorDefinition, IndicatorSeries, IndicatorSlice, IndicatorsOut, Problem,
                                   SeriesPoint)
 from services.common import indicator_store
@@ -97,6 +97,7 @@ def get_indicators(
     for one member of a dimension, or broken down by a dimension. Each value comes with its sample
     size (``count``, the denominator); ``value`` is null when there is no sample."""
     sel = _selection(indicator, window, dimension, channel, queue, agent, segment)
+    refuse_time_out_of_range("at", at)
     end = at.astimezone(timezone.utc) if at and at.tzinfo else at.replace(tzinfo=timezone.utc) if at else _now()
     return _snapshot(db, sel, end)
 
@@ -122,6 +123,8 @@ def get_series(
     sel = _selection(indicator, None, dimension, channel, queue, agent, segment)
     if sel.member is None:
         raise HTTPException(400, "a series is of one slice: give channel, queue, agent or segment, or no dimension")
+    refuse_time_out_of_range("start", start)
+    refuse_time_out_of_range("end", end)
     stop = ind.minute_of((end or _now()).astimezone(timezone.utc)) + (timedelta(0) if end else timedelta(minutes=1))
     first = ind.minute_of((start.astimezone(timezone.utc)) if start else stop - timedelta(hours=1))
     if first >= stop:

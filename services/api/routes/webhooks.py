@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from events.feed import CHANGE_TYPES
 from services.api.deps import DatabaseDep, SettingsDep, WriterDep
-from services.api.schemas import Problem
+from services.api.schemas import Problem, RequestBody
 from services.webhooks import store
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -27,7 +27,7 @@ Status = Literal["pending", "delivered", "failed", "cancelled"]
 
 # -- request and response models ------------------------------------------------------------------
 
-class SubscriptionIn(BaseModel):
+class SubscriptionIn(RequestBody):
     """A new subscription."""
 
     model_config = ConfigDict(extra="forbid")

@@ -11,7 +11,7 @@ CREATE TABLE event_archive (
     event_time   timestamptz NOT NULL,
     key          bytea,
     value        bytea       NOT NULL,
-    headers      jsonb       NOT NULL DEFAULT '[]',  -- [[name, base64 value], ...]
+    headers      jsonb       NOT NULL DEFAULT '[]',  -- [[base64 name, base64 value], ...]
     record_time  timestamptz NOT NULL,    -- the Kafka timestamp (the receive time)
     archived_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, partition, kafka_offset)
