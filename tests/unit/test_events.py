@@ -130,3 +130,40 @@ def test_committed_json_schemas_are_generated_from_the_declarations():
     generated = all_schemas()
     committed = {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")}
     assert committed == json.loads(json.dumps(generated)), "run `make schemas` to regenerate docs/schemas"
+
+
+@pytest.mark.parametrize("event,field", [
+    (order(id="o\x001"), "id"),
+    (order(data={**order()["data"], "items": [{"sku": "a\x00", "quantity": 1, "unit_price": "1"}]}),
+     "data.items.0.sku"),
+    (order(time="0001-01-01T00:00:00+01:00"), "time"),
+    (order(time="9999-12-31T23:59:59Z"), "time"),
+    (order(sentat="9999-12-31T00:00:00Z"), "sentat"),
+    (order(data={k: v for k, v in order()["data"].items() if k != "email"} | {"account_id": "Robert'); DROP--"}),
+     "data.account_id"),
+])
+def test_what_no_read_model_could_store_is_refused_naming_the_field(event, field):
+    """NUL, times near the ends of the calendar and identifiers with blanks would fail only later,
+    in a processor; the collector refuses them with the field named."""
+    with pytest.raises(InvalidEvent) as err:
+        validate(event, received_at=NOW)
+    assert err.value.kind == "schema_violation"
+    assert field in [e.field for e in err.value.errors], err.value.errors
+
+
+def test_an_identifier_with_blanks_is_never_split_into_others():
+    tp = validate(order(data={**order()["data"], "account_id": "Robert'); DROP TABLE customers;--"}),
+                  received_at=NOW)
+    assert [i.key for i in tp.identifiers] == ["email:wang.fang@qq.com"]  # dropped, like any invalid one
+
+
+def test_nesting_is_bounded_without_recursion():
+    deep: object = "x"
+    for _ in range(5000):
+        deep = [deep]
+    event = {"specversion": "1.0", "id": "w-1", "source": "urn:web", "type": "web.page_viewed",
+             "time": "2026-11-20T08:00:00Z",
+             "data": {"anonymous_id": "a1", "url": "https://shop.example.com/", "properties": {"deep": deep}}}
+    with pytest.raises(InvalidEvent) as err:
+        validate(event, received_at=NOW)
+    assert any("nest" in e.message for e in err.value.errors)
