@@ -10,11 +10,12 @@ export CRM_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps infra-up infra-down demo up stop status test test-unit bench schemas clean logs
+.PHONY: help install system-deps infra-up infra-down demo up stop status test test-unit chaos bench schemas clean logs
 
 help:
 	@echo "make demo    - install what is missing, start Kafka, PostgreSQL, every service and demo traffic"
 	@echo "make test    - install what the tests need and run the whole test suite"
+	@echo "make chaos   - the long chaos run: 50,000 events through every fault (own Kafka and PostgreSQL)"
 	@echo "make bench   - freshness benchmark of the live indicator stream (own Kafka and PostgreSQL)"
 	@echo "make stop    - stop everything started by make demo"
 	@echo "make status  - what runs"
@@ -74,6 +75,13 @@ test: install system-deps
 
 test-unit: install
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit
+
+# The chaos test alone with 50,000 events (CRM_CHAOS_EVENTS; two rounds of every fault) on a test
+# stack of its own (CRM_TEST_HOME and the CRM_TEST_*_PORT variables choose another); figures in
+# .crm/test/chaos-<events>.json. `make test` runs a short version of it (6,000 events).
+chaos: install
+	CRM_CHAOS_EVENTS=$${CRM_CHAOS_EVENTS:-50000} $(VENV)/bin/python -m pytest -p no:cacheprovider -s -q \
+	  tests/integration/test_faults.py -m chaos
 
 # The freshness benchmark starts (and stops) its own broker, database and services on separate
 # ports under .crm/bench; figures in .crm/bench/freshness.json. See bench/README.md.

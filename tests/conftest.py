@@ -13,6 +13,10 @@ TEST_HOME = Path(os.environ.get("CRM_TEST_HOME") or REPO / ".crm" / "test")
 """The test stack's folder; with CRM_TEST_HOME and the CRM_TEST_*_PORT variables two test sessions can run at once."""
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "chaos: the chaos run (all faults at once); runs last in the session")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = Path(str(item.fspath))
@@ -20,6 +24,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
         elif "e2e" in path.parts:
             item.add_marker(pytest.mark.e2e)
+    # The fault tests restart the shared broker and database: they run after everything else, the
+    # chaos run last of all (sort is stable, so the order within each group stays as collected).
+    items.sort(key=lambda item: ("chaos" in item.keywords, Path(str(item.fspath)).name == "test_faults.py"))
 
 
 @pytest.fixture(scope="session")

@@ -35,17 +35,28 @@ class KafkaPublisher:
         self.last_error: str | None = None
 
     def _create(self) -> KafkaProducer:
+        timeout_ms = int(self.ack_timeout_s * 1000)
+        linger_ms = 2
         return KafkaProducer(
             bootstrap_servers=self.bootstrap.split(","),
             acks="all",
-            linger_ms=2,
+            linger_ms=linger_ms,
             batch_size=256 * 1024,
             max_request_size=2 * 1024 * 1024,
             retries=3,
-            max_block_ms=int(self.ack_timeout_s * 1000),
+            # Not idempotent: kafka-python 3.0's idempotent producer stops sending for good once it
+            # resets its producer id (after a batch it had sent expires or runs out of retries, as
+            # around a broker restart): every later request would be answered 503. A record written
+            # twice by a retry is harmless: the processors deduplicate on source + id.
+            enable_idempotence=False,
+            max_block_ms=timeout_ms,
             # kafka-python waits 30 s for a first broker by default; a sender should hear 503 sooner
-            bootstrap_timeout_ms=int(self.ack_timeout_s * 1000),
-            request_timeout_ms=int(self.ack_timeout_s * 1000),
+            bootstrap_timeout_ms=timeout_ms,
+            # A record not acknowledged within the ack timeout is failed by the producer itself, so it
+            # is never written after its request was answered 503 (the default keeps it queued for
+            # 2 minutes and writes it when the broker is back: accepted after all, having said no).
+            delivery_timeout_ms=timeout_ms,
+            request_timeout_ms=timeout_ms - linger_ms,
             max_in_flight_requests_per_connection=5,
             client_id=self.client_id,
         )
@@ -109,6 +120,11 @@ class KafkaPublisher:
             raise KafkaUnavailable(f"Kafka did not acknowledge within {self.ack_timeout_s}s") from exc
 
     def close(self) -> None:
+        """Flush and close (the requests are answered by then; anything left unacknowledged was
+        answered 503)."""
         if self._producer is not None:
-            self._producer.close(timeout=5)
+            try:
+                self._producer.close(timeout=5)
+            except KafkaError as exc:  # the broker is unreachable: nothing left was confirmed to anyone
+                log.warning("kafka producer closed without flushing", extra={"error": repr(exc)})
             self._producer = None

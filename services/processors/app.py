@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 STAGES = {"identity": IdentityStage, "view": ViewStage}
 
+DRAIN_TIMEOUT_S = 20.0
+"""How long a stopping worker waits for its batches in flight to commit (within Kubernetes' default
+30 s grace period); a batch still retrying then (PostgreSQL down) is rolled back and redone by the next worker."""
+
 
 class PositionedApp(faust.App):
     """A faust App whose stream positions come from PostgreSQL."""
@@ -41,11 +45,18 @@ class PositionedApp(faust.App):
     runners: list  # BatchRunner of each stage, closed on stop
 
     async def on_stop(self) -> None:
+        # Drain first (SIGTERM): each batch in flight commits while the producer and the PostgreSQL
+        # session it needs are still there; faust would cancel the agents mid-batch after this.
+        runners = getattr(self, "runners", ())
+        await asyncio.gather(*(runner.drain(DRAIN_TIMEOUT_S) for runner in runners))
+        ticker = getattr(self, "ticker", None)
+        if ticker is not None:
+            ticker.stop()
         relay = getattr(self, "relay", None)
         if relay is not None:
             await relay.stop()
         await super().on_stop()
-        for runner in getattr(self, "runners", ()):
+        for runner in runners:
             runner.close()
 
     def _new_consumer(self):
@@ -156,7 +167,7 @@ def _add_state_tasks(app: PositionedApp, state: StateProjection, settings: Setti
     """The clock tick of the customer state and the feed relay, beside the view stage."""
     app.relay = FeedRelay(settings.pg_dsn, settings.kafka_bootstrap, f"{settings.processor_id}.feed-relay",
                           poll_s=settings.feed_relay_poll_s)
-    ticker = StateTicker(state, settings.pg_dsn)
+    ticker = app.ticker = StateTicker(state, settings.pg_dsn)
 
     @app.task
     async def feed_relay() -> None:
@@ -173,7 +184,7 @@ def _add_agent(app: faust.App, topic, runner: BatchRunner, settings: Settings) -
             records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.key,
                               e.message.value, tuple(e.message.headers or ()), e.message.timestamp and
                               int(e.message.timestamp * 1000)) for e in events]
-            await runner.run(records)
+            await runner.run_drainable(records)
 
     process.__name__ = f"{runner.stage.name}_agent"
     app.agent(topic, name=f"crm.{runner.stage.name}", concurrency=1)(process)

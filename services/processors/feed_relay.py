@@ -56,6 +56,8 @@ class FeedRelay:
         self._conn = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = False
+        self._wake = asyncio.Event()  # set by stop(): ends the loop's pauses at once
+        self._loop_done: asyncio.Event | None = None  # set when run() has returned
 
     # -- PostgreSQL, on the relay's own thread ------------------------------------------------------
     async def _db(self, fn, *args):
@@ -136,17 +138,30 @@ class FeedRelay:
             RELAYED.labels(row[2]).inc()
 
     # -- the loop -----------------------------------------------------------------------------------
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
     async def run(self) -> None:
-        """Relay for as long as the process runs: lead when nobody else does."""
+        """Relay until ``stop``: lead when nobody else does."""
+        self._loop_done = asyncio.Event()
+        try:
+            await self._run()
+        finally:
+            self._loop_done.set()
+
+    async def _run(self) -> None:
         while not self._stopping:
             try:
                 if not await self._db(self._lead):  # another relay leads; keep the session, try again
-                    await asyncio.sleep(2.0)
+                    await self._pause(2.0)
                     continue
             except psycopg2.Error as exc:
                 log.warning("feed relay cannot reach PostgreSQL", extra={"relay": self.name, "error": str(exc).strip()})
                 await self._db(self._release)
-                await asyncio.sleep(2.0)
+                await self._pause(2.0)
                 continue
             try:
                 LEADER.set(1)
@@ -156,10 +171,10 @@ class FeedRelay:
                 raise
             except (psycopg2.Error, KafkaError, OSError) as exc:
                 log.warning("feed relay interrupted, restarting", extra={"relay": self.name, "error": repr(exc)})
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
             except Exception:  # a bug must not stop the feed for good; the rows wait in the outbox
                 log.exception("feed relay failed, restarting", extra={"relay": self.name})
-                await asyncio.sleep(5.0)
+                await self._pause(5.0)
             finally:
                 LEADER.set(0)
                 await self._stop_producer()
@@ -197,8 +212,17 @@ class FeedRelay:
                 pass
             self._producer = None
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Let the batch in flight finish (published, then deleted from the outbox) and stop. Stopping
+        its producer under it would be safe (the next relay settles the batch) but not clean."""
         self._stopping = True
+        self._wake.set()
+        if self._loop_done is not None:
+            try:
+                await asyncio.wait_for(self._loop_done.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("feed relay did not finish its batch in time; the next relay settles it",
+                            extra={"relay": self.name, "timeout_s": timeout_s})
         await self._stop_producer()
         await self._db(self._release)
         self._executor.shutdown(wait=False)

@@ -12,6 +12,10 @@ again carries the same event ids, which the next stage deduplicates.
 Transient failures (PostgreSQL or Kafka unavailable, deadlocks) retry the same batch with
 backoff. Any other failure splits the batch and retries record by record, so one poison record
 goes to the dead-letter topic and never blocks its partition.
+
+A worker that stops (SIGTERM) drains: the batch in flight runs to its commit (``run_drainable``
+shields it from the agent's cancellation, ``drain`` waits for it) and no new batch starts, so the
+next owner of the partitions starts exactly where this one committed, with nothing to redo.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ RETRIES = Counter("crm_processor_retries_total", "batch retries after transient 
 BATCH_SECONDS = Histogram("crm_processor_batch_seconds", "time to process and commit one batch", ["stage"],
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 LAST_COMMIT = Gauge("crm_processor_last_commit_timestamp", "unix time of the last committed batch", ["stage"])
+IN_FLIGHT = Gauge("crm_processor_batches_in_flight", "batches taken and not yet committed", ["stage"])
 
 TRANSIENT_DB = (psycopg2.OperationalError, psycopg2.InterfaceError,
                 psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure)
@@ -82,6 +87,9 @@ class BatchRunner:
         self.max_backoff_s = max_backoff_s
         self._conn = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pg-{stage.name}")
+        self._in_flight: asyncio.Task | None = None
+        self._in_flight_records: list[Record] = []
+        self._draining = False
 
     # -- PostgreSQL work, always on the runner's one thread ------------------------------------
     def _connection(self):
@@ -166,6 +174,44 @@ class BatchRunner:
             if out.topic.endswith("deadletter"):
                 DEADLETTERS.labels(self.stage.name).inc()
         return len(outputs)
+
+    async def run_drainable(self, records: list[Record]) -> None:
+        """``run``, as a task of its own that the caller's cancellation does not interrupt: a worker
+        that stops lets the batch commit (see ``drain``). Once draining, a new batch is not started;
+        this waits to be cancelled and its records go to the next owner of the partitions."""
+        if self._draining:
+            await asyncio.Event().wait()
+        self._in_flight = asyncio.ensure_future(self.run(records))
+        self._in_flight_records = records
+        IN_FLIGHT.labels(self.stage.name).inc()
+        self._in_flight.add_done_callback(lambda _: IN_FLIGHT.labels(self.stage.name).dec())
+        await asyncio.shield(self._in_flight)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Start no new batch and wait, at most ``timeout_s``, for the one in flight to commit.
+        Returns False when it had to be abandoned (still retrying, say with PostgreSQL down): it is
+        cancelled, its transaction rolls back and the next worker redoes it."""
+        self._draining = True
+        batch, records = self._in_flight, self._in_flight_records
+        if batch is None or batch.done():
+            log.info("stopping: no batch in flight", extra={"stage": self.stage.name})
+            return True
+        positions: dict[int, int] = {}
+        for r in records:
+            positions[r.partition] = max(positions.get(r.partition, 0), r.offset + 1)
+        try:
+            await asyncio.wait_for(asyncio.shield(batch), timeout_s)
+        except asyncio.TimeoutError:
+            batch.cancel()
+            log.warning("stopping: batch in flight abandoned; the next worker redoes it", extra={
+                "stage": self.stage.name, "records": len(records), "timeout_s": timeout_s})
+            return False
+        except Exception as exc:  # the batch failed for good; nothing of it committed
+            log.warning("stopping: batch in flight failed", extra={"stage": self.stage.name, "error": repr(exc)})
+            return False
+        log.info("stopping: batch in flight drained and committed", extra={
+            "stage": self.stage.name, "topic": self.stage.topic, "records": len(records), "positions": positions})
+        return True
 
     async def run(self, records: list[Record], replacement: list[Output] | None = None) -> None:
         """Apply one batch; returns when it is committed (retrying as long as it takes)."""
