@@ -10,7 +10,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 Str200 = Annotated[str, Field(max_length=200)]
 Text = Annotated[str, Field(max_length=16_000)]
@@ -226,6 +226,18 @@ class Address(BaseModel):
     country: Str200 | None = None
 
 
+def _iso_date(value: object) -> object:
+    """A birthday is written YYYY-MM-DD; pydantic would also read "0" or 1e9 as seconds since 1970."""
+    if isinstance(value, str) and not (len(value) == 10 and value[4] == value[7] == "-"):
+        raise ValueError("a date is written YYYY-MM-DD")
+    if not isinstance(value, (str, date)):
+        raise ValueError("a date is written YYYY-MM-DD, as a string")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+
+
 PROFILE_TRAITS = ("name", "company", "address", "language", "birthday", "preferred_channel", "preferred_time")
 """The traits a profile update may set; the view keeps each with its provenance."""
 
@@ -235,7 +247,7 @@ class ProfileUpdated(TouchpointData):
     company: Str200 | None = None
     address: Address | None = None
     language: Str200 | None = None
-    birthday: date | None = None
+    birthday: IsoDate | None = None
     preferred_channel: Literal["email", "phone", "sms", "wechat", "mail"] | None = Field(
         None, description="how the customer prefers to be contacted")
     preferred_time: Literal["morning", "afternoon", "evening", "any"] | None = Field(

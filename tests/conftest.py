@@ -15,6 +15,8 @@ TEST_HOME = Path(os.environ.get("CRM_TEST_HOME") or REPO / ".crm" / "test")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "chaos: the chaos run (all faults at once); runs last in the session")
+    config.addinivalue_line("markers", "forges_log: writes records on crm.customer-events that no touchpoint explains; "
+                                       "runs after the tests that rebuild everything from the touchpoints")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,7 +28,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
     # The fault tests restart the shared broker and database: they run after everything else, the
     # chaos run last of all (sort is stable, so the order within each group stays as collected).
-    items.sort(key=lambda item: ("chaos" in item.keywords, Path(str(item.fspath)).name == "test_faults.py"))
+    # Every test reads the whole shared log; a test forging resolved events runs after the replay
+    # tests, whose rebuild of everything from the touchpoints would rightly lack them.
+    items.sort(key=lambda item: ("chaos" in item.keywords, Path(str(item.fspath)).name == "test_faults.py",
+                                 "forges_log" in item.keywords))
 
 
 @pytest.fixture(scope="session")

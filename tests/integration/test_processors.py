@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import orjson
+import pytest
 import psycopg2
 import psycopg2.extras
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -156,6 +157,7 @@ def _resolved_event(u: str, n: int, customer: str, identifier: str) -> dict:
             "identifiers": identifier, "identityversion": 0, "data": {"name": f"n{n}"}}
 
 
+@pytest.mark.forges_log
 def test_a_marker_overtaken_by_a_later_one_changes_nothing(platform, unique):
     """Markers travel on their target's partition, so a later change can be processed first."""
     from services.common.topics import CUSTOMER_EVENTS
