@@ -15,8 +15,9 @@ TEST_HOME = Path(os.environ.get("CRM_TEST_HOME") or REPO / ".crm" / "test")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "chaos: the chaos run (all faults at once); runs last in the session")
-    config.addinivalue_line("markers", "forges_log: writes records on crm.customer-events that no touchpoint explains; "
-                                       "runs after the tests that rebuild everything from the touchpoints")
+    config.addinivalue_line("markers", "forges_log: writes records on the shared log whose outcome depends on arrival "
+                                       "order (resolved events no touchpoint explains, one event id with two "
+                                       "contents); runs after the replay tests, which compare rebuilds with live")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,8 +29,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
     # The fault tests restart the shared broker and database: they run after everything else, the
     # chaos run last of all (sort is stable, so the order within each group stays as collected).
-    # Every test reads the whole shared log; a test forging resolved events runs after the replay
-    # tests, whose rebuild of everything from the touchpoints would rightly lack them.
+    # Every test reads the whole shared log; tests forging records whose outcome depends on arrival
+    # order run after the replay tests, whose rebuilds would rightly differ from live on them.
     items.sort(key=lambda item: ("chaos" in item.keywords, Path(str(item.fspath)).name == "test_faults.py",
                                  "forges_log" in item.keywords))
 

@@ -35,6 +35,10 @@ from services.common.settings import Settings
 from services.common.topics import DEADLETTER, TOUCHPOINTS
 from tests.processes import VENV_BIN, Platform, wait_for
 
+# hypothesis may post one event id with two contents (a shrunk example sent again); which of them
+# the read model keeps depends on arrival order, so the replay tests run before this module
+pytestmark = pytest.mark.forges_log
+
 RUN = uuid.uuid4().hex[:6]
 _serial = itertools.count(1)
 MAX_EVENT_BYTES = Settings.model_fields["max_event_bytes"].default
