@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter, Gauge
 
+from services.common.kafka_follow import follow
 from services.common.topics import INDICATORS
 
 log = logging.getLogger(__name__)
@@ -71,38 +72,31 @@ class Hub:
             DELIVERED.inc()
 
     async def _run(self) -> None:
-        delay = 0.5
-        while True:
-            consumer = AIOKafkaConsumer(INDICATORS, bootstrap_servers=self.bootstrap, group_id=None,
-                                        enable_auto_commit=False, auto_offset_reset="latest",
-                                        fetch_max_wait_ms=100, client_id="crm-api-live")
-            try:
-                await consumer.start()
-                await consumer.seek_to_end()
-                for tp in consumer.assignment():
-                    await consumer.position(tp)  # fix the start now, before the API answers
-                self.error = None
-                self.ready.set()
-                delay = 0.5
-                log.info("live hub following the indicator topic", extra={"topic": INDICATORS})
-                while True:
-                    batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
-                    for records in batches.values():
-                        for record in records:
-                            try:
-                                self.publish(orjson.loads(record.value))
-                            except orjson.JSONDecodeError:
-                                log.warning("undecodable indicator update skipped", extra={"offset": record.offset})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.error = f"{type(exc).__name__}: {exc}"
-                self.ready.clear()
-                log.warning("live hub lost Kafka, retrying", extra={"error": self.error, "retry_in_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            finally:
-                try:
-                    await consumer.stop()
-                except Exception:
-                    pass
+        def make() -> AIOKafkaConsumer:
+            return AIOKafkaConsumer(INDICATORS, bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=100,
+                                    client_id="crm-api-live")
+
+        async def start(consumer: AIOKafkaConsumer) -> None:
+            await consumer.start()
+            await consumer.seek_to_end()
+            for tp in consumer.assignment():
+                await consumer.position(tp)  # fix the start now, before the API answers
+            self.error = None
+            self.ready.set()
+            log.info("live hub following the indicator topic", extra={"topic": INDICATORS})
+
+        async def handle(batches: dict) -> None:
+            for records in batches.values():
+                for record in records:
+                    try:
+                        self.publish(orjson.loads(record.value))
+                    except orjson.JSONDecodeError:
+                        log.warning("undecodable indicator update skipped", extra={"offset": record.offset})
+
+        def lost(error: str, retry_in_s: float) -> None:
+            self.error = error
+            self.ready.clear()
+            log.warning("live hub lost Kafka, retrying", extra={"error": error, "retry_in_s": retry_in_s})
+
+        await follow(make, start, handle, lost)

@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.db import TransactionPool
+from services.common.kafka_follow import follow
 from services.common.settings import Settings
 from services.common.topics import CUSTOMER_CHANGES
 from services.processors.records import Output, Record
@@ -102,41 +103,34 @@ class ChangeConsumer(ConsumerRebalanceListener):
                                                                  "stored": sorted(stored)})
 
     async def run(self) -> None:
-        delay = 0.5
-        while True:
-            consumer = AIOKafkaConsumer(
+        def make() -> AIOKafkaConsumer:
+            self._consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.settings.kafka_bootstrap, group_id=self.settings.webhooks_id,
                 client_id=self.settings.webhooks_id, enable_auto_commit=False, auto_offset_reset="earliest",
                 isolation_level="read_committed",  # the feed relay publishes in Kafka transactions
                 max_poll_records=self.settings.batch_size, fetch_max_wait_ms=100,
                 # a crashed dispatcher's partitions move to the others within seconds
                 session_timeout_ms=10000, heartbeat_interval_ms=2000)
-            self._consumer = consumer
-            try:
-                consumer.subscribe([CUSTOMER_CHANGES], listener=self)
-                await consumer.start()
-                self.error = None
-                delay = 0.5
-                while True:
-                    batches = await consumer.getmany(timeout_ms=1000, max_records=self.settings.batch_size)
-                    records = [Record(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()),
-                                      m.timestamp) for messages in batches.values() for m in messages]
-                    if records:
-                        await self.runner.run(records)
-                        self.sender.wake()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.error = f"{type(exc).__name__}: {exc}"
-                self.assigned = []
-                log.warning("change consumer failed, reconnecting", extra={"error": self.error, "retry_in_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            finally:
-                try:
-                    await consumer.stop()
-                except Exception:
-                    pass
+            return self._consumer
+
+        async def start(consumer: AIOKafkaConsumer) -> None:
+            consumer.subscribe([CUSTOMER_CHANGES], listener=self)
+            await consumer.start()
+            self.error = None
+
+        async def handle(batches: dict) -> None:
+            records = [Record(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()), m.timestamp)
+                       for messages in batches.values() for m in messages]
+            if records:
+                await self.runner.run(records)
+                self.sender.wake()
+
+        def lost(error: str, retry_in_s: float) -> None:
+            self.error = error
+            self.assigned = []
+            log.warning("change consumer failed, reconnecting", extra={"error": error, "retry_in_s": retry_in_s})
+
+        await follow(make, start, handle, lost, max_records=self.settings.batch_size)
 
     async def close(self) -> None:
         if self._producer is not None:
