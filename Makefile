@@ -57,6 +57,8 @@ demo: up
 	@echo "    webhooks       http://127.0.0.1:$${CRM_API_PORT:-8000}/v1/webhooks    (dispatcher: :$${CRM_WEBHOOKS_PORT:-8090}/metrics)"
 	@echo "    Kafka          127.0.0.1:$${CRM_KAFKA_PORT:-9092}    PostgreSQL 127.0.0.1:$${CRM_PG_PORT:-5432}/crm"
 	@echo "    logs           $(CRM_HOME)/logs/"
+	@echo "    API keys       $(CRM_HOME)/keys/operator.key (admin), simulator.key (events:write); send them as"
+	@echo "                   Authorization: Bearer <key>; the dashboard asks for one (docs/security-scopes.md)"
 	@echo "  make stop   stops everything"
 
 stop:

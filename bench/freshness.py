@@ -71,6 +71,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.common.topics import CUSTOMER_EVENTS, INDICATORS
+from tests import http as keyed_http
 from tests.processes import REPO, Platform, Stack
 from tests.sse import SseReader
 
@@ -219,7 +220,7 @@ def measure_freshness(collector: str, api: str, run: str, n: int, rate: float, w
     """Freshness samples (ms), what was sent, and the measured queue. A warm-up on a queue of its own
     first lets the consumers join their groups and every connection open."""
     stream_url = f"{api}/v1/stream/indicators"
-    with httpx.Client(base_url=collector, timeout=10) as http:
+    with keyed_http.Client(base_url=collector, timeout=10) as http:
         if warmup:
             task = progress.add_task("warm-up pipeline", total=warmup, stats="")
             with SseReader(stream_url, {"queue": f"warmup-{run}"}) as stream:
@@ -416,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with console.status("starting crm-ingest, crm-processor and crm-api ..."):
             platform = Platform(stack, stack.new_database(), BENCH_HOME / "logs" / f"bench-{run}")
+            keyed_http.use_key(platform.admin_key)  # the collector and the stream need an API key
             _, collector = platform.collector()
             platform.processor()
             _, api = platform.api()

@@ -14,6 +14,19 @@
 #   CRM_PARTITIONS             partitions of the crm.* topics created at start (4)
 #   CRM_PYTHON                 Python with the project's requirements (<repo>/.venv/bin/python)
 #
+# Optional secured listener (docs/transport-security.md), on when CRM_KAFKA_SECURE_PORT is set:
+#   CRM_KAFKA_SECURE_PORT              a SASL_SSL listener on 127.0.0.1 (the PLAINTEXT one stays, loopback
+#                                      only, for the broker itself and this script's tooling)
+#   CRM_KAFKA_SSL_KEYSTORE             the broker's PKCS12 keystore (key + certificate, e.g. made by keytool)
+#   CRM_KAFKA_SSL_KEYSTORE_PASSWORD    its password; the broker reads it from its environment
+#                                      (${env:...} config provider), it is not written to server.properties
+#   CRM_KAFKA_SASL_MECHANISM           SCRAM-SHA-512 (default), SCRAM-SHA-256 or PLAIN
+#   CRM_KAFKA_SASL_USERNAME / _PASSWORD  the client user: a SCRAM credential set at every start, or the
+#                                      PLAIN user (password likewise read from the environment)
+#   CRM_KAFKA_SSL_CAFILE               the CA that signed the keystore's certificate: the readiness check
+#                                      over the secured listener verifies the broker with it, as clients do
+# The secrets are never on a command line nor in a file this script writes.
+#
 # Files: jars $CRM_HOME/kafka/libs, data $CRM_HOME/kafka/data, rendered config
 # $CRM_HOME/kafka/server.properties, pid $CRM_HOME/run/kafka.pid, log $CRM_HOME/logs/kafka.log.
 # Exit codes: 0 ok, 1 failure, 2 usage, 3 `status` when not running.
@@ -31,6 +44,9 @@ STOP_TIMEOUT=${CRM_KAFKA_STOP_TIMEOUT:-30}
 PARTITIONS=${CRM_PARTITIONS:-4}
 PY=${CRM_PYTHON:-$REPO/.venv/bin/python}
 BOOTSTRAP=127.0.0.1:$PORT
+SECURE_PORT=${CRM_KAFKA_SECURE_PORT:-}
+SECURE_BOOTSTRAP=${SECURE_PORT:+127.0.0.1:$SECURE_PORT}
+SASL_MECHANISM=${CRM_KAFKA_SASL_MECHANISM:-SCRAM-SHA-512}
 
 POM=$SCRIPT_DIR/kafka/pom.xml
 TEMPLATE=$SCRIPT_DIR/kafka/server.properties.template
@@ -77,7 +93,29 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 check_python() { [[ -x $PY ]] || die "python not found at $PY (set CRM_PYTHON or create <repo>/.venv)"; }
 
-py_admin() { (cd "$REPO" && exec "$PY" -m services.common.kafka_admin "$@"); }
+# The PLAINTEXT loopback listener, whatever CRM_KAFKA_SECURITY_PROTOCOL the caller's environment holds.
+py_admin() { (cd "$REPO" && CRM_KAFKA_SECURITY_PROTOCOL=PLAINTEXT exec "$PY" -m services.common.kafka_admin "$@"); }
+
+# The secured listener, as a client configured by the environment (CRM_KAFKA_SASL_*, CRM_KAFKA_SSL_*).
+py_admin_secure() {
+  (cd "$REPO" && CRM_KAFKA_SECURITY_PROTOCOL=SASL_SSL CRM_KAFKA_SASL_MECHANISM=$SASL_MECHANISM \
+    exec "$PY" -m services.common.kafka_admin "$@")
+}
+
+# Checks the secured listener's settings before anything starts (nothing secret is printed).
+check_secure_env() {
+  [[ -n $SECURE_PORT ]] || return 0
+  local missing=() v
+  for v in CRM_KAFKA_SSL_KEYSTORE CRM_KAFKA_SSL_KEYSTORE_PASSWORD CRM_KAFKA_SASL_USERNAME CRM_KAFKA_SASL_PASSWORD; do
+    [[ -n ${!v:-} ]] || missing+=("$v")
+  done
+  ((${#missing[@]} == 0)) || die "CRM_KAFKA_SECURE_PORT is set: set ${missing[*]} too (docs/transport-security.md)"
+  [[ -r $CRM_KAFKA_SSL_KEYSTORE ]] || die "cannot read the keystore CRM_KAFKA_SSL_KEYSTORE=$CRM_KAFKA_SSL_KEYSTORE"
+  case $SASL_MECHANISM in SCRAM-SHA-256|SCRAM-SHA-512|PLAIN) ;;
+    *) die "CRM_KAFKA_SASL_MECHANISM must be SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN (not $SASL_MECHANISM)" ;; esac
+  [[ $CRM_KAFKA_SASL_USERNAME =~ ^[A-Za-z0-9._-]+$ ]] || die "CRM_KAFKA_SASL_USERNAME: letters, digits, . _ - only"
+  [[ $SECURE_PORT != "$PORT" && $SECURE_PORT != "$CONTROLLER_PORT" ]] || die "CRM_KAFKA_SECURE_PORT must differ from the other ports"
+}
 
 log_tail() {
   echo "----- last lines of $LOG -----" >&2
@@ -112,9 +150,40 @@ cmd_fetch() {
 
 render_config() {
   mkdir -p "$KAFKA_DIR" "$DATA"
+  local secure=()
+  if [[ -n $SECURE_PORT ]]; then  # the SASL_SSL listener beside the PLAINTEXT one
+    secure=(-e "s|^listeners=\(.*\)$|listeners=\1,SASL_SSL://127.0.0.1:$SECURE_PORT|"
+            -e "s|^advertised.listeners=\(.*\)$|advertised.listeners=\1,SASL_SSL://127.0.0.1:$SECURE_PORT|"
+            -e "s|^listener.security.protocol.map=\(.*\)$|listener.security.protocol.map=\1,SASL_SSL:SASL_SSL|")
+  fi
   sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@DATA_DIR@|$DATA|g" \
-    "$TEMPLATE" >"$CONF.tmp"
+    "${secure[@]}" "$TEMPLATE" >"$CONF.tmp"
+  [[ -z $SECURE_PORT ]] || secure_config >>"$CONF.tmp"
   mv "$CONF.tmp" "$CONF"
+}
+
+# The secured listener's TLS and SASL settings; its secrets stay references to the broker's environment.
+secure_config() {
+  local mech=$SASL_MECHANISM login
+  if [[ $mech == PLAIN ]]; then
+    login="org.apache.kafka.common.security.plain.PlainLoginModule required user_$CRM_KAFKA_SASL_USERNAME=\"\${env:CRM_KAFKA_SASL_PASSWORD}\";"
+  else
+    login="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+  fi
+  cat <<EOF
+
+# --- Rendered by deploy/kafka.sh from CRM_KAFKA_SECURE_PORT (docs/transport-security.md): the SASL_SSL
+# listener. Passwords are read from the broker's environment, never written here.
+config.providers=env
+config.providers.env.class=org.apache.kafka.common.config.provider.EnvVarConfigProvider
+config.providers.env.param.allowlist.pattern=^CRM_KAFKA_(SSL_KEYSTORE|SASL)_PASSWORD\$
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$CRM_KAFKA_SSL_KEYSTORE
+ssl.keystore.password=\${env:CRM_KAFKA_SSL_KEYSTORE_PASSWORD}
+ssl.client.auth=none
+sasl.enabled.mechanisms=$mech
+listener.name.sasl_ssl.${mech,,}.sasl.jaas.config=$login
+EOF
 }
 
 # The command-line tools (StorageTool) log only warnings, to stderr.
@@ -147,7 +216,8 @@ cmd_format() {
 # Waits for produce+fetch to work while watching the broker; on death prints its log and fails.
 wait_ready() {
   local pid=$1 timeout=$2 rpid rc
-  (cd "$REPO" && exec "$PY" -m services.common.kafka_admin ready --bootstrap "$BOOTSTRAP" --timeout "$timeout") &
+  (cd "$REPO" && CRM_KAFKA_SECURITY_PROTOCOL=PLAINTEXT \
+    exec "$PY" -m services.common.kafka_admin ready --bootstrap "$BOOTSTRAP" --timeout "$timeout") &
   rpid=$!   # the python process itself (exec), so kill reaches it
   while proc_alive "$rpid"; do
     if ! running_pid >/dev/null; then
@@ -164,19 +234,33 @@ wait_ready() {
   return "$rc"
 }
 
+# The secured listener: its user (a SCRAM credential, set over the PLAINTEXT loopback listener), then
+# a produce+fetch through it as a client configured by the environment.
+secure_ready() {
+  [[ -n $SECURE_PORT ]] || return 0
+  if [[ $SASL_MECHANISM != PLAIN ]]; then
+    CRM_KAFKA_SASL_MECHANISM=$SASL_MECHANISM py_admin scram-user --bootstrap "$BOOTSTRAP" \
+      | sed 's/^kafka_admin: /kafka: /'
+  fi
+  py_admin_secure ready --bootstrap "$SECURE_BOOTSTRAP" --timeout 60 | sed 's/^kafka_admin: /kafka: /' \
+    || die "the SASL_SSL listener $SECURE_BOOTSTRAP does not serve produce/fetch (CRM_KAFKA_SSL_CAFILE set? see $LOG)"
+}
+
 cmd_start() {
   local pid java t0=$SECONDS extra=()
   check_python
+  check_secure_env
   if pid=$(running_pid); then
-    say "already running (pid $pid, $BOOTSTRAP)"
+    say "already running (pid $pid, $BOOTSTRAP${SECURE_PORT:+, SASL_SSL $SECURE_BOOTSTRAP})"
     wait_ready "$pid" 30 >/dev/null || die "running but not serving produce/fetch; see $LOG"
     py_admin create-topics --bootstrap "$BOOTSTRAP" --partitions "$PARTITIONS" | sed 's/^kafka_admin: /kafka: /'
+    secure_ready
     return
   fi
   rm -f "$PID_FILE"
   cmd_format
-  for p in "$PORT" "$CONTROLLER_PORT"; do
-    port_in_use "$p" && die "127.0.0.1:$p is already in use by another process (set CRM_KAFKA_PORT / CRM_KAFKA_CONTROLLER_PORT)"
+  for p in "$PORT" "$CONTROLLER_PORT" $SECURE_PORT; do
+    port_in_use "$p" && die "127.0.0.1:$p is already in use by another process (set CRM_KAFKA_PORT / CRM_KAFKA_CONTROLLER_PORT${SECURE_PORT:+ / CRM_KAFKA_SECURE_PORT})"
   done
   java=$(java_bin)
   mkdir -p "$RUN_DIR" "$LOG_DIR"
@@ -188,7 +272,7 @@ cmd_start() {
     -Djava.awt.headless=true "-Dlog4j.configuration=file:$LOG4J" "-Dkafka.logs.dir=$LOG_DIR"
     "${extra[@]}"
   )
-  say "starting Kafka $VERSION on $BOOTSTRAP (controller 127.0.0.1:$CONTROLLER_PORT, heap $HEAP, data $DATA)"
+  say "starting Kafka $VERSION on $BOOTSTRAP${SECURE_PORT:+ and SASL_SSL $SECURE_BOOTSTRAP ($SASL_MECHANISM)} (controller 127.0.0.1:$CONTROLLER_PORT, heap $HEAP, data $DATA)"
   # setsid: own session, so the broker outlives this shell and a Ctrl-C here. The inner shell
   # writes its own pid, then execs java, so the pid file names the JVM itself.
   # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
@@ -204,6 +288,7 @@ cmd_start() {
   fi
   say "running (pid $pid), ready in $((SECONDS - t0))s; log $LOG"
   py_admin create-topics --bootstrap "$BOOTSTRAP" --partitions "$PARTITIONS" | sed 's/^kafka_admin: /kafka: /'
+  secure_ready
 }
 
 cmd_stop() {

@@ -18,6 +18,16 @@
 # 127.0.0.1 connections (no passwords). Production does not use this script: it points CRM_PG_DSN at
 # a managed server and takes the password from the environment.
 #
+# Optional TLS and password mode (docs/transport-security.md), applied at every start:
+#   CRM_PG_SERVER_CERT, CRM_PG_SERVER_KEY  the server's PEM certificate and key: ssl = on, and TCP
+#                connections must use TLS (pg_hba `hostssl` only); copied beside the data, key 0600
+#   CRM_PG_SERVER_CA  optional CA file for client certificates (ssl_ca_file)
+#   CRM_PG_PASSWORD   the application role's password (the same variable the services read): TCP
+#                connections then authenticate with scram-sha-256; it is set from the environment
+#                (psql \getenv), never on a command line or in a file
+# In this mode only the cluster's OS owner can use the unix socket (directory 0700), which this
+# script uses for its own administration; the application connects over TCP.
+#
 # PostgreSQL refuses to run as root: when this script runs as root, initdb/pg_ctl run as the
 # `postgres` system user (created by Debian's package; created here if missing), which owns
 # $CRM_HOME/postgres.
@@ -162,6 +172,29 @@ EOF
   say "initialized"
 }
 
+# The optional TLS and password mode (see the header).
+TLS_DIR=$PG_DIR/tls
+tls_mode() { [[ -n ${CRM_PG_SERVER_CERT:-} || -n ${CRM_PG_SERVER_KEY:-} ]]; }
+password_mode() { [[ -n ${CRM_PG_PASSWORD:-} ]]; }
+secured() { tls_mode || password_mode; }
+
+# Copies the server's certificate and key beside the data (the key readable by the owner only).
+install_tls_files() {
+  tls_mode || return 0
+  local f
+  for f in CRM_PG_SERVER_CERT CRM_PG_SERVER_KEY; do
+    [[ -n ${!f:-} ]] || die "TLS mode: set both CRM_PG_SERVER_CERT and CRM_PG_SERVER_KEY"
+    [[ -r ${!f} ]] || die "cannot read $f=${!f}"
+  done
+  [[ -z ${CRM_PG_SERVER_CA:-} || -r $CRM_PG_SERVER_CA ]] || die "cannot read CRM_PG_SERVER_CA=$CRM_PG_SERVER_CA"
+  mkdir -p "$TLS_DIR"
+  install -m 0644 "$CRM_PG_SERVER_CERT" "$TLS_DIR/server.crt"
+  install -m 0600 "$CRM_PG_SERVER_KEY" "$TLS_DIR/server.key"
+  if [[ -n ${CRM_PG_SERVER_CA:-} ]]; then install -m 0644 "$CRM_PG_SERVER_CA" "$TLS_DIR/ca.crt"; else rm -f "$TLS_DIR/ca.crt"; fi
+  chmod 0700 "$TLS_DIR"
+  if [[ $EUID -eq 0 ]]; then chown -R postgres: "$TLS_DIR"; fi
+}
+
 write_runtime_conf() {
   "${AS_OWNER[@]}" tee "$DATA/crm.conf" >/dev/null <<EOF
 # Written by deploy/postgres.sh at start; edits are overwritten.
@@ -169,11 +202,58 @@ listen_addresses = '127.0.0.1'
 port = $PORT
 unix_socket_directories = '$SOCK_DIR'
 EOF
+  if tls_mode; then
+    local ca=''
+    [[ -f $TLS_DIR/ca.crt ]] && ca=$TLS_DIR/ca.crt
+    "${AS_OWNER[@]}" tee -a "$DATA/crm.conf" >/dev/null <<EOF
+ssl = on
+ssl_cert_file = '$TLS_DIR/server.crt'
+ssl_key_file = '$TLS_DIR/server.key'
+ssl_ca_file = '$ca'
+ssl_min_protocol_version = 'TLSv1.2'
+EOF
+  fi
+  if password_mode; then
+    echo "password_encryption = 'scram-sha-256'" | "${AS_OWNER[@]}" tee -a "$DATA/crm.conf" >/dev/null
+  fi
+}
+
+# pg_hba.conf in the TLS/password mode; back to the dev one written by init when the mode is off again.
+write_hba() {
+  if ! secured; then
+    [[ -f $DATA/.crm-secured ]] || return 0
+    "${AS_OWNER[@]}" tee "$DATA/pg_hba.conf" >/dev/null <<'EOF'
+# Written by deploy/postgres.sh: a DEV cluster listening on 127.0.0.1 only, without passwords.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 trust
+host    all       all   127.0.0.1/32  trust
+EOF
+    rm -f "$DATA/.crm-secured"
+    return 0
+  fi
+  local method=trust tcp="host     "
+  password_mode && method=scram-sha-256
+  tls_mode && tcp="hostnossl all       all   127.0.0.1/32  reject
+hostssl  "
+  "${AS_OWNER[@]}" tee "$DATA/pg_hba.conf" >/dev/null <<EOF
+# Written by deploy/postgres.sh at start: the TLS/password mode (CRM_PG_SERVER_CERT/KEY, CRM_PG_PASSWORD).
+# The unix socket (its directory 0700) is the cluster owner's; TCP: $(tls_mode && echo "TLS only, ")$method.
+# TYPE   DATABASE  USER  ADDRESS       METHOD
+local    all       all                 trust
+${tcp}all       all   127.0.0.1/32  $method
+EOF
+  "${AS_OWNER[@]}" touch "$DATA/.crm-secured"
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-psql_admin() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d postgres "$@"; }
+# Administration as the postgres superuser: over TCP in the dev mode, over the owner's unix socket
+# when TCP needs TLS or a password.
+psql_admin() {
+  local host=127.0.0.1
+  if secured; then host=$SOCK_DIR; fi
+  "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$host" -p "$PORT" -U postgres -d postgres "$@"
+}
 
 ensure_role_and_db() {
   psql_admin -v role="$APP_USER" -v db="$APP_DB" <<'SQL'
@@ -182,7 +262,13 @@ SELECT format('CREATE ROLE %I LOGIN SUPERUSER', :'role')
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
 SQL
-  say "role $APP_USER and database $APP_DB present"
+  if password_mode; then  # psql reads it from the environment: never on a command line
+    psql_admin -v role="$APP_USER" <<'SQL'
+\getenv app_password CRM_PG_PASSWORD
+SELECT format('ALTER ROLE %I PASSWORD %L', :'role', :'app_password') \gexec
+SQL
+  fi
+  say "role $APP_USER$(password_mode && echo " (password from CRM_PG_PASSWORD)") and database $APP_DB present"
 }
 
 migrate() {
@@ -199,15 +285,23 @@ cmd_start() {
   local t0=$SECONDS
   cmd_install
   cmd_init
+  install_tls_files
+  if secured; then mkdir -p "$SOCK_DIR"; chmod 0700 "$SOCK_DIR"; fi  # the owner's socket (see the header)
   if is_running; then
     say "already running (port $PORT)"
+    if secured || [[ -f $DATA/.crm-secured ]]; then  # the TLS/password mode as the environment says now
+      write_runtime_conf
+      write_hba
+      pg pg_ctl reload -D "$DATA" >/dev/null || die "pg_ctl reload failed; log $LOG"
+    fi
   else
     port_in_use "$PORT" && die "127.0.0.1:$PORT is already in use by another process (set CRM_PG_PORT)"
     mkdir -p "$SOCK_DIR" "$LOG_DIR"
     touch "$LOG"
     if [[ $EUID -eq 0 ]]; then chown postgres: "$SOCK_DIR" "$LOG"; fi
     write_runtime_conf
-    say "starting on 127.0.0.1:$PORT (data $DATA)"
+    write_hba
+    say "starting on 127.0.0.1:$PORT (data $DATA$(tls_mode && echo ", TLS required")$(password_mode && echo ", scram-sha-256 passwords"))"
     if ! pg pg_ctl start -D "$DATA" -l "$LOG" -w -t 60 >/dev/null; then
       tail -n 30 "$LOG" >&2 || true
       die "pg_ctl start failed; log $LOG"
@@ -244,6 +338,8 @@ cmd_status() {
 cmd_psql() {
   BIN=$(find_bindir)
   [[ -n $BIN ]] || die "PostgreSQL is not installed (deploy/postgres.sh install)"
+  # the TLS/password mode: libpq takes the password from the environment (PGPASSWORD), not the command line
+  if [[ -n ${CRM_PG_PASSWORD:-} ]]; then export PGPASSWORD=$CRM_PG_PASSWORD; fi
   exec "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U "$APP_USER" -d "$APP_DB" "$@"
 }
 

@@ -8,6 +8,11 @@
 # Environment: CRM_HOME (<repo>/.crm), CRM_VENV (<repo>/.venv), and the CRM_* settings of the
 # services themselves (CRM_KAFKA_BOOTSTRAP, CRM_PG_DSN, CRM_INGEST_PORT, CRM_API_PORT, CRM_WEBHOOKS_PORT, ...).
 # CRM_SIMULATOR_ARGS: extra arguments for crm-simulator (default: --rate 20 --loop).
+#
+# API keys: `start` makes sure the demo has two keys in the database, created once with `crm keys
+# create` and kept in $CRM_HOME/keys/ (mode 0600, never in the repository): simulator.key
+# (events:write; the simulator is started with it as CRM_API_KEY) and operator.key (admin: for curl,
+# the dashboard and `crm`). A key file whose key is no longer live (a new database) is replaced.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,7 +21,21 @@ CRM_HOME=${CRM_HOME:-$REPO/.crm}
 VENV=${CRM_VENV:-$REPO/.venv}
 RUN_DIR=$CRM_HOME/run
 LOG_DIR=$CRM_HOME/logs
+KEY_DIR=$CRM_HOME/keys
 mkdir -p "$RUN_DIR" "$LOG_DIR"
+
+# The master key of personal data (services/common/vault.py): without CRM_MASTER_KEY or
+# CRM_MASTER_KEY_FILE the demo makes one once in $CRM_HOME/keys/master.key (mode 0600, never in the
+# repository), which every service and `crm` command of this folder then uses.
+ensure_master_key() {
+  if [[ -n ${CRM_MASTER_KEY:-} || -n ${CRM_MASTER_KEY_FILE:-} ]]; then return 0; fi
+  if [[ ! -s $KEY_DIR/master.key ]]; then
+    mkdir -p "$KEY_DIR" && chmod 700 "$KEY_DIR"
+    "$VENV/bin/crm" privacy keygen "$KEY_DIR/master.key" >/dev/null
+    say "created the master key of personal data: $KEY_DIR/master.key (keep a copy in your secret store)"
+  fi
+  export CRM_MASTER_KEY_FILE=$KEY_DIR/master.key
+}
 
 say() { echo "services: $*"; }
 
@@ -42,6 +61,30 @@ health_url() {
   esac
 }
 
+# ensure_key NAME KEY_NAME SCOPES: $KEY_DIR/NAME.key holds a live key, made now if needed.
+ensure_key() {
+  local file=$KEY_DIR/$1.key rc=0
+  if [[ -s $file ]]; then
+    "$VENV/bin/crm" keys verify --key-file "$file" >/dev/null 2>&1 || rc=$?
+    if [[ $rc == 0 ]]; then return 0; fi
+    if [[ $rc != 3 ]]; then say "cannot check the $1 API key (is PostgreSQL up and migrated?)"; return 1; fi
+    say "the $1 API key in $file is not live in this database; making a new one"
+    rm -f "$file"
+  fi
+  "$VENV/bin/crm" keys create --name "$2" --scopes "$3" --key-file "$file" >/dev/null \
+    || { say "could not create the $1 API key"; return 1; }
+  say "created the $1 API key ($3)"
+}
+
+ensure_keys() {
+  mkdir -p "$KEY_DIR"
+  chmod 700 "$KEY_DIR"
+  ensure_key simulator demo-simulator events:write
+  ensure_key operator demo-operator admin
+  say "API keys in $KEY_DIR/ (mode 0600): operator.key (admin), simulator.key (events:write); e.g."
+  say "  curl -H \"Authorization: Bearer \$(cat $KEY_DIR/operator.key)\" http://127.0.0.1:${CRM_API_PORT:-8000}/v1/indicators"
+}
+
 running() {
   local pid_file=$RUN_DIR/$1.pid
   [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
@@ -51,8 +94,10 @@ start_one() {
   local name=$1
   if running "$name"; then say "$name already running (pid $(cat "$RUN_DIR/$name.pid"))"; return 0; fi
   local cmd; cmd=$(command_of "$name")
+  local -a with_key=()  # the simulator's key, in its environment only
+  if [[ $name == simulator ]]; then with_key=(env "CRM_API_KEY=$(cat "$KEY_DIR/simulator.key")"); fi
   # shellcheck disable=SC2086
-  setsid nohup $cmd >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  setsid nohup "${with_key[@]}" $cmd >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
   echo $! > "$RUN_DIR/$name.pid"
   local url; url=$(health_url "$name")
   if [[ -n $url ]]; then
@@ -80,7 +125,7 @@ stop_one() {
 action=${1:-}
 shift || true
 case $action in
-  start) for s in "${@:-ingest processor api webhooks}"; do for t in $s; do start_one "$t"; done; done ;;
+  start) ensure_master_key; ensure_keys; for s in "${@:-ingest processor api webhooks}"; do for t in $s; do start_one "$t"; done; done ;;
   stop) for s in "${@:-simulator webhooks api processor ingest}"; do for t in $s; do stop_one "$t"; done; done ;;
   status)
     rc=0

@@ -52,6 +52,9 @@ class CustomerEvent:
     data: dict[str, Any]
     refused: tuple[str, ...] = ()
     version: int = 0
+    opened: dict[str, Any] | None = None
+    """Sealed text fields opened in memory (``events.pii``) for what must read them (sentiment);
+    never stored or published: ``data`` keeps the tokens."""
 
     @property
     def linked(self) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from events import pii
 from events.identifiers import Identifier, InvalidIdentifier, normalize
 from events.touchpoints import EVENT_TYPES, EventType, TouchpointData
 
@@ -100,6 +101,8 @@ class Touchpoint:
     subject: str | None = None
     extensions: dict[str, Any] = field(default_factory=dict)
     invalid_identifiers: tuple[FieldError, ...] = ()
+    sealed: tuple[tuple[tuple, str], ...] = ()
+    """Encrypted tokens of a sealed event with their paths in ``data`` (the model holds placeholders)."""
 
     @property
     def key(self) -> str:
@@ -129,7 +132,8 @@ class Touchpoint:
             out["subject"] = self.subject
         out.update(self.extensions)
         out["channel"] = self.channel
-        out["data"] = self.data.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=False)
+        out["data"] = pii.unmask(self.data.model_dump(mode="json", by_alias=True, exclude_none=True,
+                                                      exclude_defaults=False), self.sealed)
         return out
 
     def to_json(self) -> bytes:
@@ -198,17 +202,20 @@ def _field_value(data: TouchpointData, path: str) -> Any:
     return value
 
 
-def _normalize(kind: str, raw: object, default_region: str) -> Identifier:
+def _normalize(kind: str, raw: object, default_region: str, pseudonyms: bool = False) -> Identifier:
     """``normalize``, refusing also an identifier with white space inside: customer events carry
     their identifier keys space separated (``events.customer_events``), so such a value would
-    come apart into several identifiers no one sent."""
+    come apart into several identifiers no one sent. With ``pseudonyms`` (a sealed event, read by
+    the processors) a pseudonym is an identifier as it stands."""
+    if pseudonyms and isinstance(raw, str) and pii.PSEUDONYM.match(raw):
+        return Identifier(kind, raw)
     ident = normalize(kind, raw, default_region)
     if any(c.isspace() for c in ident.value):
         raise InvalidIdentifier(f"{kind} {raw!r} has white space inside, which no identifier may hold")
     return ident
 
 
-def extract_identifiers(event_type: EventType, data: TouchpointData, default_region: str
+def extract_identifiers(event_type: EventType, data: TouchpointData, default_region: str, pseudonyms: bool = False
                         ) -> tuple[tuple[Identifier, ...], tuple[FieldError, ...]]:
     """The event's normalized identifiers (primary first, no duplicates) and the invalid ones."""
     found: list[Identifier] = []
@@ -218,7 +225,7 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
         if raw is None:
             continue
         try:
-            ident = _normalize(kind, raw, default_region)
+            ident = _normalize(kind, raw, default_region, pseudonyms)
         except InvalidIdentifier as exc:
             invalid.append(FieldError(_wire_name(data, path), str(exc)))
             continue
@@ -232,7 +239,7 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
     if refs:
         for i, ref in enumerate(refs):
             try:
-                ident = _normalize(ref.kind, ref.value, default_region)
+                ident = _normalize(ref.kind, ref.value, default_region, pseudonyms)
             except InvalidIdentifier as exc:
                 invalid.append(FieldError(f"data.identifiers.{i}", str(exc)))
                 continue
@@ -241,12 +248,14 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
     return tuple(found), tuple(invalid)
 
 
-def validate(raw: Any, *, received_at: datetime, default_region: str = "CN") -> Touchpoint:
+def validate(raw: Any, *, received_at: datetime, default_region: str = "CN", sealed: bool = False) -> Touchpoint:
     """Validate one raw structured CloudEvent (a decoded JSON object) into a Touchpoint.
 
     ``time`` defaults to ``received_at``; when the sender gives ``sentat`` (its own clock at
     sending), the time is corrected for client clock skew: time = received_at - (sentat - time).
-    Raises InvalidEvent listing every problem.
+    Raises InvalidEvent listing every problem. ``sealed``: the event was sealed by the collector
+    (``events.pii``), as every event on crm.touchpoints is: pseudonyms are identifiers, and each
+    encrypted token stands for a valid value of its field.
     """
     if not isinstance(raw, dict):
         raise InvalidEvent("schema_violation", [FieldError("", "an event must be a JSON object")])
@@ -270,8 +279,12 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN") -> 
         raise InvalidEvent("schema_violation", [FieldError(
             "dataschema", f"{envelope.dataschema!r} is not the schema of {envelope.type} "
                           f"(expected {event_type.dataschema!r})")])
+    tokens: tuple = ()
+    data_in = envelope.data
+    if sealed:
+        data_in, tokens = pii.mask(envelope.data)
     try:
-        data = event_type.data.model_validate(envelope.data)
+        data = event_type.data.model_validate(data_in)
     except ValidationError as exc:
         raise InvalidEvent("schema_violation", _pydantic_errors(exc, "data.")) from None
 
@@ -294,7 +307,7 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN") -> 
     ext.pop("channel", None)  # the channel is the declared one of the type
     ext.pop("customerid", None)  # resolved by the platform, never trusted from a sender
 
-    identifiers, invalid = extract_identifiers(event_type, data, default_region)
+    identifiers, invalid = extract_identifiers(event_type, data, default_region, sealed)
     if event_type.name in ("identity.linked", "identity.unlinked") and len(identifiers) < 2:
         verb = "link" if event_type.name == "identity.linked" else "unlink"
         raise InvalidEvent("schema_violation", [*invalid, FieldError(
@@ -306,5 +319,5 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN") -> 
     return Touchpoint(
         id=envelope.id, source=envelope.source, type=envelope.type, time=time.astimezone(timezone.utc),
         data=data, channel=event_type.channel, identifiers=identifiers, subject=envelope.subject,
-        extensions=ext, invalid_identifiers=invalid,
+        extensions=ext, invalid_identifiers=invalid, sealed=tokens,
     )

@@ -63,7 +63,10 @@ class Satisfaction(BaseModel):
 class Profile(BaseModel):
     display_name: str | None
     traits: dict[str, Any] = Field(description="latest value of each trait (name, email, phone, company, address, ...)")
-    consent: dict[str, bool] = Field(description="purpose:channel -> granted")
+    consent: dict[str, bool] = Field(
+        description="purpose:channel -> granted, by the customer's latest consent (a later purpose:all event "
+                    "overrides an earlier one of a single channel). A channel is consented when its slot, or "
+                    "else the purpose's all slot, is true; absent: no consent (opt-in)")
 
 
 class CustomerSnapshot(BaseModel):
@@ -77,7 +80,9 @@ class CustomerSnapshot(BaseModel):
     profile: Profile
     lifecycle: Lifecycle
     value: Value
-    segments: list[str] = Field(description="configured segments the customer is in, sorted")
+    segments: list[str] = Field(description="configured segments the customer is in, sorted; a segment declared "
+                                            "for a purpose that needs consent (e.g. marketing) holds only customers "
+                                            "whose profile.consent grants it")
     satisfaction: Satisfaction
 
 
@@ -127,6 +132,13 @@ class Unmerged(BaseModel):
     event_id: str | None = None
 
 
+class Erased(BaseModel):
+    model_config = ConfigDict(title="customer.erased")
+    erased_at: str = Field(description="when the platform erased the customer (UTC, ISO 8601)")
+    event_id: str = Field(description="id of the customer.erasure_requested touchpoint")
+    subjects: int = Field(description="personal-data keys shredded: every copy they sealed is unreadable now")
+
+
 CHANGE_TYPES: dict[str, type[BaseModel]] = {
     "lifecycle.changed": LifecycleChanged,
     "segment.entered": SegmentChange,
@@ -138,13 +150,14 @@ CHANGE_TYPES: dict[str, type[BaseModel]] = {
     "profile.changed": ProfileChanged,
     "customer.merged": Merged,
     "customer.unmerged": Unmerged,
+    "customer.erased": Erased,
 }
 """Every change type on crm.customer-changes and the model of its ``data`` (besides ``state``)."""
 
 CHANGE_DESCRIPTIONS = {
     "lifecycle.changed": "the customer moved to another lifecycle stage (from is null for a new customer)",
     "segment.entered": "the customer entered a configured segment",
-    "segment.exited": "the customer left a configured segment",
+    "segment.exited": "the customer left a configured segment (also when it withdrew the consent the segment needs)",
     "satisfaction.at_risk": "the customer became at risk (low CSAT, detractor, negative sentiment, ...)",
     "satisfaction.recovered": "the customer is no longer at risk",
     "satisfaction.changed": "the satisfaction index or reasons changed, the at-risk flag did not",
@@ -152,6 +165,8 @@ CHANGE_DESCRIPTIONS = {
     "profile.changed": "a trait, the display name or a consent changed",
     "customer.merged": "this customer was merged into another (the last event of its id; its snapshot is tombstoned)",
     "customer.unmerged": "this customer was split off another one (an identity unlink or operator unmerge)",
+    "customer.erased": "the customer was erased on request (GDPR art. 17, PIPL): delete everything you hold on this "
+                       "id; the last event of its id, its snapshot is tombstoned",
 }
 
 
@@ -185,7 +200,7 @@ def change_schema(change_type: str) -> dict[str, Any]:
     defs = {**data.pop("$defs", {}), **snapshot.pop("$defs", {}), "CustomerSnapshot": snapshot}
     data.setdefault("properties", {})["state"] = {
         "anyOf": [{"$ref": "#/$defs/CustomerSnapshot"}, {"type": "null"}],
-        "description": "the customer's whole snapshot after the change (null for customer.merged)"}
+        "description": "the customer's whole snapshot after the change (null for customer.merged and customer.erased)"}
     data.setdefault("required", []).append("state")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

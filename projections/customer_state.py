@@ -8,6 +8,11 @@ snapshots.
 
 Evaluation order, so no rule depends on itself: satisfaction and the base facts → value tiers →
 lifecycle stage → lifetime value → segments.
+
+Consent: a segment declared for a purpose other than ``service`` (e.g. ``purpose = "marketing"``)
+holds only customers whose latest consent grants that purpose on the segment's channel (or on all
+channels); no consent event means no consent. ``profile.consent`` publishes the resolved slots
+(``resolve_consent``) and ``consented`` is the one test, used by the webhooks as well.
 """
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 from events.feed import LIFECYCLE_STAGES
+from events.touchpoints import ConsentChanged
 from projections import customer_view, satisfaction
 from projections.satisfaction import at_time
 
@@ -32,6 +38,47 @@ _EPSILON = timedelta(seconds=1)
 
 class RulesError(ValueError):
     """The rules file is wrong; the message says where and why."""
+
+
+# -- consent ----------------------------------------------------------------------------------------
+
+CONSENT_PURPOSES: tuple[str, ...] = get_args(ConsentChanged.model_fields["purpose"].annotation)
+"""What a ``consent.changed`` event may grant or withdraw (marketing, analytics, service, profiling)."""
+CONSENT_CHANNELS: tuple[str, ...] = tuple(c for c in get_args(ConsentChanged.model_fields["channel"].annotation)
+                                          if c != "all")
+"""The channels a consent may name; ``all`` stands for every one of them."""
+NO_CONSENT_NEEDED = "service"
+"""The purpose that needs no consent (serving the customer); every other one is opt-in."""
+
+
+def resolve_consent(slots: dict[str, dict]) -> dict[str, bool]:
+    """The customer's consent as published (``profile.consent``): ``purpose:channel`` -> granted,
+    from the view's latest event per slot, where a later ``purpose:all`` event overrides an earlier
+    one of a single channel (withdrawing "all" withdraws every channel; granting one channel after
+    withdrawing "all" grants that one). A slot never set is absent: not granted."""
+    out = {}
+    for slot, stamped in slots.items():
+        purpose, _, channel = slot.partition(":")
+        every = slots.get(f"{purpose}:all")
+        latest = stamped if channel == "all" or every is None else max(
+            (stamped, every), key=lambda s: (s["at"], s["event"]))
+        out[slot] = bool(latest["value"])
+    return dict(sorted(out.items()))
+
+
+def consented(consent: dict[str, bool], purpose: str, channel: str | None = "all") -> bool:
+    """Whether the resolved ``consent`` (a snapshot's ``profile.consent``) allows ``purpose`` on
+    ``channel``: that channel's slot, else the purpose's ``all`` slot, must be granted. ``"all"``
+    asks for every channel (the ``all`` slot granted and no channel withdrawn), ``None`` for at
+    least one. The service purpose needs no consent; absent consent is no consent (opt-in)."""
+    if purpose == NO_CONSENT_NEEDED:
+        return True
+    if channel is None:
+        return any(consented(consent, purpose, c) for c in CONSENT_CHANNELS)
+    if channel == "all":
+        return consent.get(f"{purpose}:all") is True and all(
+            v for k, v in consent.items() if k.startswith(f"{purpose}:"))
+    return consent.get(f"{purpose}:{channel}", consent.get(f"{purpose}:all")) is True
 
 
 # -- facts ------------------------------------------------------------------------------------------
@@ -208,6 +255,8 @@ class Segment:
     name: str
     label: dict[str, str]
     when: Condition
+    purpose: str = NO_CONSENT_NEEDED  # not service: only customers who consent to it are in the segment
+    channel: str = "all"  # the channel the consent must cover (all: every channel)
 
 
 @dataclass(frozen=True)
@@ -303,8 +352,9 @@ def parse_rules(doc: dict) -> Rules:
         raise RulesError("segments: a list of [[segments]] tables")
     for i, s in enumerate(raw_segments):
         where = f"segments[{i}]"
-        if not isinstance(s, dict) or not {"name", "when"} <= set(s) <= {"name", "when", "label", "description"}:
-            raise RulesError(f"{where}: needs name and when (and optionally label, description)")
+        if not isinstance(s, dict) or not {"name", "when"} <= set(s) <= {"name", "when", "label", "description",
+                                                                         "purpose", "channel"}:
+            raise RulesError(f"{where}: needs name and when (and optionally label, description, purpose, channel)")
         if not isinstance(s["name"], str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", s["name"]):
             raise RulesError(f"{where}.name: lower-case letters, digits and _ (a stable identifier)")
         if any(x.name == s["name"] for x in segments):
@@ -312,8 +362,20 @@ def parse_rules(doc: dict) -> Rules:
         label = s.get("label", {})
         if not isinstance(label, dict):
             raise RulesError(f"{where}.label: a table such as {{ en = \"...\", zh = \"...\" }}")
+        purpose = s.get("purpose", NO_CONSENT_NEEDED)
+        if purpose not in CONSENT_PURPOSES:
+            raise RulesError(f"{where}.purpose: unknown purpose {purpose!r}; one of {', '.join(CONSENT_PURPOSES)} "
+                             f"(a consent purpose; {NO_CONSENT_NEEDED}, the default, needs no consent)")
+        channel = s.get("channel", "all")
+        if channel not in (*CONSENT_CHANNELS, "all"):
+            raise RulesError(f"{where}.channel: unknown channel {channel!r}; one of "
+                             f"{', '.join((*CONSENT_CHANNELS, 'all'))}")
+        if "channel" in s and purpose == NO_CONSENT_NEEDED:
+            gated = ", ".join(p for p in CONSENT_PURPOSES if p != NO_CONSENT_NEEDED)
+            raise RulesError(f"{where}.channel: the channel the consent must cover; it takes a purpose that "
+                             f"needs consent ({gated})")
         segments.append(Segment(s["name"], {k: str(v) for k, v in label.items()},
-                                parse_condition(s["when"], f"{where}.when", AFTER_LIFECYCLE)))
+                                parse_condition(s["when"], f"{where}.when", AFTER_LIFECYCLE), purpose, channel))
     return Rules(currency, rates, recency, frequency, monetary, tuple(tiers), horizon, per_year, survival,
                  tuple(stages), tuple(segments))
 
@@ -378,7 +440,7 @@ def _base(view: dict, as_of: datetime, rules: Rules, summary: dict) -> tuple[dic
     }
     facts.update({f"contacts.{c}": n for c, n in view["contacts"].items()})
     facts.update({f"traits.{k}": v["value"] for k, v in view["traits"].items()})
-    facts.update({f"consent.{k}": v["value"] for k, v in view["consent"].items()})
+    facts.update({f"consent.{k}": v for k, v in resolve_consent(view["consent"]).items()})
     rfm = None
     if orders["count"]:
         recency = 5 - sum(1 for t in rules.recency_days if facts["days_since_last_order"] > t)
@@ -423,14 +485,17 @@ def derive(view: dict, as_of: datetime, rules: Rules, previous: dict | None = No
     ltv = Decimal(value["monetary"]) + aov * _orders_per_year(view, rules) * rules.horizon_years * rules.survival[stage]
     value["ltv"] = _money(max(ltv, Decimal(0)))
     facts["value.ltv"] = float(value["ltv"])
-    segments = sorted(s.name for s in rules.segments if holds(s.when, facts, view, as_of))
+    consent = resolve_consent(view["consent"])
+    # a segment for a purpose that needs consent holds only those whose latest consent grants it
+    segments = sorted(s.name for s in rules.segments
+                      if consented(consent, s.purpose, s.channel) and holds(s.when, facts, view, as_of))
     sat = summary["satisfaction"]
     return {
         "customer_id": view["customer_id"],
         "as_of": customer_view.ts(as_of),
         "profile": {"display_name": summary["display_name"],
                     "traits": {k: v["value"] for k, v in sorted(view["traits"].items())},
-                    "consent": {k: v["value"] for k, v in sorted(view["consent"].items())}},
+                    "consent": consent},
         "lifecycle": {"stage": stage, "since": since, "rule": rule},
         "value": value,
         "segments": segments,

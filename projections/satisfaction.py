@@ -34,8 +34,8 @@ def at_time(stamp: str) -> datetime:
 
 
 def customer_text(event: CustomerEvent) -> str | None:
-    """The text the customer wrote on this touchpoint, if any."""
-    data = event.data
+    """The text the customer wrote on this touchpoint, if any (opened, when the event is sealed)."""
+    data = {**event.data, **event.opened} if event.opened else event.data
     kind = event.type
     if kind == "email.received":
         return " ".join(t for t in (data.get("subject"), data.get("body_text")) if t) or None

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from services import deadletters, replay
+from services import security_cli
 from services.common import settings as settings_mod
 
 
@@ -20,16 +21,19 @@ def _db_migrate(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
 
 def _topics_create(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
     from services.common.kafka_admin import ensure_topics
+    from services.common.kafka_security import KafkaSecurity
 
-    created = ensure_topics(cfg.kafka_bootstrap, args.partitions or cfg.partitions, cfg.replication_factor)
+    created = ensure_topics(cfg.kafka_bootstrap, args.partitions or cfg.partitions, cfg.replication_factor,
+                            KafkaSecurity.from_settings(cfg))
     print(f"topics created: {', '.join(created) if created else 'none (all exist)'}")
     return 0
 
 
 def _kafka_ready(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
     from services.common.kafka_admin import wait_ready
+    from services.common.kafka_security import KafkaSecurity
 
-    wait_ready(cfg.kafka_bootstrap, args.timeout)
+    wait_ready(cfg.kafka_bootstrap, args.timeout, KafkaSecurity.from_settings(cfg))
     print(f"kafka at {cfg.kafka_bootstrap} accepts produce and fetch")
     return 0
 
@@ -93,7 +97,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     deadletters.register(sub)
     replay.register(sub)
+    security_cli.register(sub)  # crm keys, crm audit
+
+    privacy = sub.add_parser("privacy", help="personal data: the master key, erasures").add_subparsers(
+        dest="privacy_command", required=True)
+    keygen = privacy.add_parser("keygen", help="write a new master key (base64 of 32 random bytes) to FILE, mode 0600")
+    keygen.add_argument("file")
+    keygen.set_defaults(fn=_privacy_keygen)
+    erasures = privacy.add_parser("erasures", help="the erasures carried out (customer, keys shredded, when)")
+    erasures.add_argument("--json", action="store_true")
+    erasures.set_defaults(fn=_privacy_erasures)
     return parser
+
+
+def _privacy_keygen(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
+    import os
+
+    from services.common.vault import new_master_key
+
+    path = Path(args.file)
+    if path.exists():
+        print(f"crm privacy keygen: {path} exists; a master key is never overwritten (every sealed copy "
+              "depends on it)", file=sys.stderr)
+        return 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(new_master_key() + "\n")
+    print(f"master key written to {path} (mode 0600); set CRM_MASTER_KEY_FILE={path} for every service, and keep "
+          "a copy in your secret store: without it no personal data can be read")
+    return 0
+
+
+def _privacy_erasures(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
+    from services.common.db import connect
+
+    conn = connect(cfg.pg_dsn, application_name="crm-cli")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("""SELECT customer_id, subjects, requested_by, reason, requested_at, erased_at
+                           FROM public.privacy_erasure ORDER BY erased_at""")
+            rows = [{"customer_id": c, "subjects": n, "requested_by": b, "reason": r,
+                     "requested_at": q.isoformat(), "erased_at": e.isoformat()} for c, n, b, r, q, e in cur.fetchall()]
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['erased_at']}  {r['customer_id']}  keys shredded: {r['subjects']}  by {r['requested_by'] or '-'}"
+                  f"  {r['reason'] or ''}")
+        print(f"{len(rows)} erasures")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

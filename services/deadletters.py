@@ -35,6 +35,7 @@ from psycopg2.extras import execute_values
 
 from events.asyncapi import DEADLETTER_KINDS
 from services.common.db import connect, lock_id
+from services.common.kafka_security import PLAINTEXT, KafkaSecurity
 from services.common.settings import Settings
 from services.common.topics import CUSTOMER_EVENTS, DEADLETTER, TOUCHPOINTS
 
@@ -205,7 +206,8 @@ def decode(partition: int, offset: int, timestamp_ms: int, key: bytes | None, va
 
 # -- reading crm.deadletter ---------------------------------------------------------------------
 
-def read(bootstrap: str, positions: Iterable[Position] | None = None) -> list[DeadLetter]:
+def read(bootstrap: str, positions: Iterable[Position] | None = None,
+         security: KafkaSecurity = PLAINTEXT) -> list[DeadLetter]:
     """The dead letters from the beginning of crm.deadletter to its end when called (all, or
     only those at ``positions``), oldest first per partition. No consumer group: nothing is
     committed, nothing is left behind."""
@@ -213,7 +215,7 @@ def read(bootstrap: str, positions: Iterable[Position] | None = None) -> list[De
 
     wanted = set(positions) if positions is not None else None
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             client_id="crm-deadletter")
+                             client_id="crm-deadletter", **security.kafka_python())
     try:
         partitions = consumer.partitions_for_topic(DEADLETTER)
         if not partitions:
@@ -335,7 +337,7 @@ def _status_text(d: DeadLetter) -> str:
 # -- crm deadletter list ------------------------------------------------------------------------
 
 def list_command(args: argparse.Namespace, cfg: Settings) -> int:
-    dead = read(cfg.kafka_bootstrap)
+    dead = read(cfg.kafka_bootstrap, security=KafkaSecurity.from_settings(cfg))
     conn = connect(cfg.pg_dsn, application_name="crm-deadletter-list")
     try:
         with conn, conn.cursor() as cur:
@@ -396,7 +398,8 @@ def redrive_command(args: argparse.Namespace, cfg: Settings) -> int:
         print("crm deadletter redrive: nothing selected; name dead letters with --offset P:O, filter them "
               "with --stage, --kind, --source-topic or --since, or pass --all", file=sys.stderr)
         return 2
-    dead = read(cfg.kafka_bootstrap, args.offset or None)
+    kafka_security = KafkaSecurity.from_settings(cfg)
+    dead = read(cfg.kafka_bootstrap, args.offset or None, kafka_security)
     missing = set(args.offset) - {d.position for d in dead}
     if missing:
         print(f"crm deadletter redrive: no dead letter at {', '.join(map(position_text, sorted(missing)))} "
@@ -415,7 +418,7 @@ def redrive_command(args: argparse.Namespace, cfg: Settings) -> int:
             annotate(selected, load_redrives(cur, selected))
         todo = [d for d in selected if d.status == "new"]
         skipped = [d for d in selected if d.status != "new"]
-        published = {} if args.dry_run else _publish(conn, cfg.kafka_bootstrap, todo)
+        published = {} if args.dry_run else _publish(conn, cfg.kafka_bootstrap, todo, kafka_security)
     finally:
         conn.close()  # also releases the advisory lock
 
@@ -459,7 +462,8 @@ def _records(dead: list[DeadLetter]) -> list[list[DeadLetter]]:
     return list(groups.values())
 
 
-def _publish(conn, bootstrap: str, todo: list[DeadLetter]) -> dict[Position, tuple[int, int]]:
+def _publish(conn, bootstrap: str, todo: list[DeadLetter],
+             security: KafkaSecurity = PLAINTEXT) -> dict[Position, tuple[int, int]]:
     """Re-publish each record to its source topic, once however many dead letters it has, and
     record the acknowledged ones. Returns the new (partition, offset) per dead letter."""
     if not todo:
@@ -469,7 +473,7 @@ def _publish(conn, bootstrap: str, todo: list[DeadLetter]) -> dict[Position, tup
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     meta = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                         client_id="crm-deadletter-redrive")
+                         client_id="crm-deadletter-redrive", **security.kafka_python())
     try:
         partitions = {}
         for topic in sorted({d.source_topic for d in todo}):
@@ -481,7 +485,7 @@ def _publish(conn, bootstrap: str, todo: list[DeadLetter]) -> dict[Position, tup
         meta.close()
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                             client_id="crm-deadletter-redrive", linger_ms=5)
+                             client_id="crm-deadletter-redrive", linger_ms=5, **security.kafka_python())
     operator = getpass.getuser()
     done: dict[Position, tuple[int, int]] = {}
     records = _records(todo)

@@ -43,11 +43,11 @@ from typing import Callable
 
 import orjson
 import psycopg2
-import psycopg2.extensions
 import psycopg2.extras
 
 from projections.indicators import MEASURES
 from services.common import db
+from services.common.kafka_security import PLAINTEXT, KafkaSecurity
 from services.common.settings import Settings
 from services.common.topics import CUSTOMER_EVENTS, DEADLETTER, TOUCHPOINTS
 from services.processors.records import Output, Record
@@ -61,7 +61,9 @@ VIEW_TABLES = ("customer_view", "customer_view_identifier", "customer_view_alias
                "customer_timeline", "customer_view_change", "indicator_minute", "indicator_hour", "indicator_thread",
                "customer_state")
 KEPT_TABLES = ("schema_migrations", "processor_offsets", "feed_outbox", "indicator_alert", "event_archive",
-               "replay_run", "deadletter_redrive", "webhook_subscription", "webhook_event", "webhook_delivery", "webhook_attempt")
+               "replay_run", "deadletter_redrive", "webhook_subscription", "webhook_event", "webhook_delivery", "webhook_attempt",
+               "privacy_subject", "privacy_erasure",
+               "api_key", "audit_log")  # security: API keys and the audit log (008_security.sql)
 """Tables that are not folds of the log, never rebuilt (a test checks every table is classified)."""
 
 HISTORY = {"identity_change", "identity_state", "customer_view_change", "customer_view_alias"}
@@ -115,7 +117,7 @@ class ReplayError(Exception):
 
 def rebuild_dsn(dsn: str, schema: str = REBUILD_SCHEMA) -> str:
     """The DSN whose sessions see the rebuilt tables (unqualified names resolve to ``schema``)."""
-    return psycopg2.extensions.make_dsn(dsn, options=f"-c search_path={schema}")
+    return db.derive_dsn(dsn, options=f"-c search_path={schema}")  # keeps the password apart
 
 
 # -- the stages, as the processor builds them --------------------------------------------------------
@@ -128,10 +130,14 @@ def _stages(cfg: Settings, scope: Scope):
     from services.processors.state_stage import StateProjection
     from services.processors.view_stage import ViewStage
 
-    identity = IdentityStage(cfg.default_region, cfg.identity_limits, archive=False)
+    from services.common.vault import from_settings as vault_from_settings
+
+    # the live vault: a rebuild skips what erasures shredded, and seals its search terms the same way
+    vault = vault_from_settings(cfg)
+    identity = IdentityStage(cfg.default_region, cfg.identity_limits, archive=False, vault=vault)
     state = StateProjection(load_rules(cfg.customer_state_rules or None))
     view = ViewStage(IndicatorProjection(Calendar.from_config(cfg.business_hours), cfg.indicator_max_lateness_s,
-                                         alerts.rules(cfg.indicator_alerts)), state)
+                                         alerts.rules(cfg.indicator_alerts)), state, vault)
     if scope.name == "identity":
         return identity, None
     if scope.name == "view":
@@ -161,13 +167,13 @@ class _Pipeline:
 class KafkaSource:
     """Reads one topic by position, without a consumer group."""
 
-    def __init__(self, bootstrap: str, topic: str, max_records: int):
+    def __init__(self, bootstrap: str, topic: str, max_records: int, security: KafkaSecurity = PLAINTEXT):
         from kafka import KafkaConsumer, TopicPartition
 
         self.topic = topic
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
                                       auto_offset_reset="earliest", max_poll_records=max_records,
-                                      client_id="crm-replay")
+                                      client_id="crm-replay", **security.kafka_python())
         partitions = self.consumer.partitions_for_topic(topic)
         if not partitions:
             raise ReplayError(f"topic {topic} not found at {bootstrap}")
@@ -369,7 +375,8 @@ class Replay:
 
         stage, self.state = _stages(self.cfg, self.scope)
         self.runner = BatchRunner(stage, rebuild_dsn(self.cfg.pg_dsn), self.consumer, self._discard)
-        self.source = (KafkaSource(self.cfg.kafka_bootstrap, self.scope.topic, self.batch_size)
+        self.source = (KafkaSource(self.cfg.kafka_bootstrap, self.scope.topic, self.batch_size,
+                                   KafkaSecurity.from_settings(self.cfg))
                        if self.source_name == "kafka" else ArchiveSource(self.cfg.pg_dsn, self.scope.topic))
         try:
             self.positions = self._rebuilt_positions()
@@ -468,7 +475,7 @@ class Replay:
         """The end of crm.customer-events once the identity stage is paused. Waits (bounded) for
         the live view stage to fold it all, so both sides are compared at the same point, then
         locks the view stage's positions too."""
-        source = KafkaSource(self.cfg.kafka_bootstrap, CUSTOMER_EVENTS, 1)
+        source = KafkaSource(self.cfg.kafka_bootstrap, CUSTOMER_EVENTS, 1, KafkaSecurity.from_settings(self.cfg))
         try:
             end = source.end_offsets()
         finally:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import http
 from tests.processes import REPO, Platform, Stack
 
 TEST_HOME = Path(os.environ.get("CRM_TEST_HOME") or REPO / ".crm" / "test")
@@ -53,7 +54,9 @@ def platform(stack: Stack, request) -> Platform:
     """A fresh database and consumer group, and a way to start services against them."""
     log_dir = TEST_HOME / "logs" / request.node.name[:60]
     plat = Platform(stack, stack.new_database(), log_dir)
+    http.use_key(plat.admin_key)  # tests/http.py sends it unless told otherwise
     yield plat
+    http.use_key(None)
     plat.stop_all()
 
 

@@ -67,6 +67,11 @@ class Stack:
             "CRM_PYTHON": str(VENV_BIN / "python"),
         }
         env.pop("CRM_PG_DSN", None)
+        env.pop("CRM_MASTER_KEY_FILE", None)
+        # the session's master key (personal data is sealed under it); never a file of the repository
+        from services.common.vault import new_master_key
+
+        env["CRM_MASTER_KEY"] = new_master_key()
         stack = cls(env=env, kafka_bootstrap=f"127.0.0.1:{kafka_port}",
                     pg_admin_dsn=f"postgresql://crm@127.0.0.1:{pg_port}/crm", home=home)
         env["CRM_KAFKA_BOOTSTRAP"] = stack.kafka_bootstrap
@@ -146,6 +151,20 @@ class Service:
             self.proc.wait(10)
 
 
+def create_keys(dsn: str) -> dict[str, str]:
+    """An API key per scope (``admin`` among them) in a fresh database, made by the key store
+    itself; scope -> the key. They exist only in the test database."""
+    from services.common import apikeys
+
+    keys: dict[str, str] = {}
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        for scope in apikeys.SCOPES:
+            _, keys[scope] = apikeys.create(cur, name=f"tests {scope}", scopes=[scope], created_by="tests")
+    conn.close()
+    return keys
+
+
 class Platform:
     """Starts services wired to the test stack and one database; stops them at the end."""
 
@@ -153,6 +172,11 @@ class Platform:
         self.stack, self.dsn, self.log_dir = stack, dsn, log_dir
         self.processor_id = "crm-test-" + uuid.uuid4().hex[:8]
         self.services: list[Service] = []
+        self.keys = create_keys(dsn)  # scope -> API key; tests send keys["admin"] by default (tests/http.py)
+
+    @property
+    def admin_key(self) -> str:
+        return self.keys["admin"]
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {**self.stack.env, "CRM_PG_DSN": self.dsn, "CRM_KAFKA_BOOTSTRAP": self.stack.kafka_bootstrap,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timezone
+from typing import Callable
 
 import orjson
 
@@ -27,17 +28,18 @@ def reference_partition(touchpoints: list[Touchpoint], limits: dict[str, int] | 
 
 
 def reference_views(raw_events: list[dict], default_region: str = "CN",
-                    limits: dict[str, int] | None = None) -> dict[str, dict]:
+                    limits: dict[str, int] | None = None, opener: Opener | None = None) -> dict[str, dict]:
     """customer_id -> view, for the valid events among ``raw_events`` (each applied once)."""
     return {cid: orjson.loads(orjson.dumps(customer_view.apply_all(customer_view.empty(cid), evs)))
-            for cid, evs in resolved_events(raw_events, default_region, limits).items()}
+            for cid, evs in resolved_events(raw_events, default_region, limits, opener).items()}
 
 
-def reference_indicator_totals(raw_events: list[dict], calendar: Calendar | None = None) -> dict[str, float]:
+def reference_indicator_totals(raw_events: list[dict], calendar: Calendar | None = None,
+                               opener: Opener | None = None) -> dict[str, float]:
     """The indicator measures of the overall slice, summed over all time, for the valid events among
     ``raw_events``: what the per-minute sums must add up to, each event counted once."""
     calendar = calendar or Calendar()
-    grouped = resolved_events(raw_events)
+    grouped = resolved_events(raw_events, opener=opener)
     sums: dict = {}
     threads: dict[str, dict] = {}
     for cid, evs in grouped.items():
@@ -58,13 +60,15 @@ def reference_indicator_totals(raw_events: list[dict], calendar: Calendar | None
     return totals
 
 
-def resolved_events(raw_events: list[dict], default_region: str = "CN", limits: dict[str, int] | None = None
-                    ) -> dict[str, list[CustomerEvent]]:
-    """The valid events among ``raw_events``, once each, resolved at once, by customer."""
+def resolved_events(raw_events: list[dict], default_region: str = "CN", limits: dict[str, int] | None = None,
+                    opener: Opener | None = None) -> dict[str, list[CustomerEvent]]:
+    """The valid events among ``raw_events``, once each, resolved at once, by customer. Sealed
+    events (as the collector writes them) keep their pseudonyms and tokens; ``opener`` opens
+    what the processors open in memory (the customer's words, for sentiment)."""
     touchpoints = {}
     for raw in raw_events:
         try:
-            tp = validate(raw, received_at=datetime.now(timezone.utc), default_region=default_region)
+            tp = validate(raw, received_at=datetime.now(timezone.utc), default_region=default_region, sealed=True)
         except InvalidEvent:
             continue
         touchpoints.setdefault(tp.key, tp)
@@ -78,4 +82,28 @@ def resolved_events(raw_events: list[dict], default_region: str = "CN", limits: 
                                                           or partition.customer_of[k] != cid))
         ce = resolved_cloudevent(tp, cid, refused)
         grouped[cid].append(CustomerEvent.from_cloudevent(orjson.loads(orjson.dumps(ce))))
+    if opener is not None:
+        grouped = defaultdict(list, {cid: opener(evs) for cid, evs in grouped.items()})
     return grouped
+
+
+Opener = Callable[[list[CustomerEvent]], list[CustomerEvent]]
+
+
+def vault_opener(dsn: str, master_key: str) -> Opener:
+    """Opens sealed events' texts as the processors do, with the keys in the database at ``dsn``."""
+    import psycopg2
+
+    from services.common.vault import Vault, load_master_key
+
+    vault = Vault(load_master_key(master_key, None))
+
+    def opener(events: list[CustomerEvent]) -> list[CustomerEvent]:
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            return vault.open_events(cur, events)
+    return opener
+
+
+def sealed(value: dict | None) -> bool:
+    """A touchpoint as the collector writes it (its subjects live in that platform's database)."""
+    return bool(value) and "crmsubject" in value

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import httpx
 import orjson
 
+from tests import http
+
 
 class SseReader:
     def __init__(self, url: str, params: dict[str, Any] | None = None):
@@ -28,7 +30,7 @@ class SseReader:
         self._stop = True
 
     def _run(self) -> None:
-        with httpx.stream("GET", self.url, params=self.params, timeout=httpx.Timeout(10, read=None)) as response:
+        with http.stream("GET", self.url, params=self.params, timeout=httpx.Timeout(10, read=None)) as response:
             response.raise_for_status()
             event, data = "message", []
             for line in response.iter_lines():

@@ -17,8 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.api.deps import Database, refuse_nul
 from services.common.db import TransactionPool
 from services.common.publisher import KafkaPublisher
+from services.common.kafka_security import KafkaSecurity
 from services.api.live import Hub
-from services.api.routes import customers, docs, indicators, state, webhooks
+from services.api.routes import customers, docs, indicators, privacy, state, webhooks
+from services.api.routes import audit as audit_routes, keys as key_routes
+from services.api.security import OPEN_ROUTES
+from services.common import auth
+from services.common.vault import from_settings as vault_from_settings
 from services.api.schemas import Problem, ValidationProblem
 from services.common.settings import Settings
 
@@ -32,11 +37,13 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.vault.listen(settings.pg_dsn)
         await app.state.hub.start()
         yield
         await app.state.hub.stop()
         app.state.db.close()
         app.state.writer.close()
+        app.state.keys_pool.close()
         app.state.publisher.close()
 
     app = FastAPI(title="CRM query API", version="1", lifespan=lifespan, dependencies=[Depends(refuse_nul)],
@@ -49,16 +56,28 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
                                                                               "wrong shape, by field"}})
     app.state.settings = settings
     app.state.db = db or Database(settings.pg_dsn)
+    kafka_security = KafkaSecurity.from_settings(settings)
     app.state.publisher = publisher or KafkaPublisher(settings.kafka_bootstrap, client_id="crm-api",
-                                                      ack_timeout_s=settings.kafka_ack_timeout_s)
-    app.state.hub = Hub(settings.kafka_bootstrap)
+                                                      ack_timeout_s=settings.kafka_ack_timeout_s,
+                                                      security=kafka_security)
+    app.state.hub = Hub(settings.kafka_bootstrap, security=kafka_security)
     # the API writes only the tables it owns (webhook subscriptions), through a pool of its own
     app.state.writer = TransactionPool(settings.pg_dsn, maxconn=4, application_name="crm-api-writer")
+    # API keys, scopes and rate limits (services/common/auth.py); keys are checked through a small
+    # pool of their own, never waiting behind the writes
+    app.state.keys_pool = TransactionPool(settings.pg_dsn, maxconn=2, application_name="crm-api-auth")
+    auth.install(app, auth.KeyStore(app.state.keys_pool, cache_s=settings.auth_cache_s,
+                                    stale_s=settings.auth_stale_s), settings, count_requests=True)
     app.include_router(customers.router)
     app.include_router(indicators.router)
     app.include_router(state.router)
     app.include_router(docs.router)
     app.include_router(webhooks.router)
+    app.include_router(key_routes.router)
+    app.include_router(audit_routes.router)
+    app.state.vault = vault_from_settings(settings)  # refuses to start without a master key
+    app.include_router(privacy.router)
+    privacy.install_reveal(app)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -112,4 +131,6 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    auth.document_scopes(app)
+    auth.check_routes(app, OPEN_ROUTES)  # every route needs a scope unless it is listed as open
     return app

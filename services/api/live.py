@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter, Gauge
 
 from services.common.kafka_follow import follow
+from services.common.kafka_security import PLAINTEXT, KafkaSecurity
 from services.common.topics import INDICATORS
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,9 @@ DROPPED = Counter("crm_api_live_dropped_total", "live messages dropped for strea
 
 
 class Hub:
-    def __init__(self, bootstrap: str, *, queue_size: int = 2000):
+    def __init__(self, bootstrap: str, *, queue_size: int = 2000, security: KafkaSecurity = PLAINTEXT):
         self.bootstrap = bootstrap
+        self.security = security
         self.queue_size = queue_size
         self.subscribers: set[asyncio.Queue] = set()
         self.ready = asyncio.Event()
@@ -75,7 +77,7 @@ class Hub:
         def make() -> AIOKafkaConsumer:
             return AIOKafkaConsumer(INDICATORS, bootstrap_servers=self.bootstrap, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=100,
-                                    client_id="crm-api-live")
+                                    client_id="crm-api-live", **self.security.aiokafka())
 
         async def start(consumer: AIOKafkaConsumer) -> None:
             await consumer.start()

@@ -11,12 +11,63 @@ from typing import Iterator
 import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
+from pydantic import SecretStr
 
 log = logging.getLogger(__name__)
 
 
+# -- the connection string and its password (docs/transport-security.md) -----------------------------
+class Dsn(str):
+    """A libpq connection string whose password is kept apart: the string itself (what is passed
+    around, shown and possibly logged) never holds it; :func:`connect_params` adds it when a
+    connection is made. Any string operation on it gives a plain ``str`` without the password, so
+    code deriving a DSN uses :func:`derive_dsn`."""
+
+    password: SecretStr | None
+
+    def __new__(cls, dsn: str, password: SecretStr | None = None) -> "Dsn":
+        self = super().__new__(cls, dsn)
+        self.password = password
+        return self
+
+    def __repr__(self) -> str:
+        return f"Dsn({str.__repr__(self)}{', password=**********' if self.password is not None else ''})"
+
+
+def settings_dsn(settings) -> Dsn:
+    """``CRM_PG_DSN`` with ``pg_sslmode``, ``pg_sslrootcert``, ``pg_sslcert`` and ``pg_sslkey`` merged
+    in, its password (``pg_password``, else one written in the DSN, moved out of the string) kept apart."""
+    dsn = str(settings.pg_dsn)
+    password = settings.pg_password if settings.pg_password is not None else getattr(settings.pg_dsn, "password", None)
+    params = {name: value for name in ("sslmode", "sslrootcert", "sslcert", "sslkey")
+              if (value := getattr(settings, f"pg_{name}", None))}
+    try:
+        parsed = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:  # left as it is: connecting reports libpq's reason
+        return Dsn(dsn, password)
+    if "password" in parsed:
+        written = parsed.pop("password")
+        password = password if password is not None else SecretStr(written)
+        dsn = psycopg2.extensions.make_dsn(**parsed, **params)
+    elif params:
+        dsn = psycopg2.extensions.make_dsn(dsn, **params)
+    return Dsn(dsn, password)
+
+
+def derive_dsn(dsn: str, **params: str) -> str:
+    """``dsn`` with libpq parameters added or replaced, keeping its password apart."""
+    return Dsn(psycopg2.extensions.make_dsn(dsn, **params), getattr(dsn, "password", None))
+
+
+def connect_params(dsn: str) -> dict[str, str]:
+    """What every connection adds to its DSN (:func:`connect`, the pools): the password, never
+    part of a string that could be shown."""
+    password = getattr(dsn, "password", None)
+    return {"password": password.get_secret_value()} if password is not None else {}
+
+
 def connect(dsn: str, *, application_name: str = "crm", autocommit: bool = False) -> psycopg2.extensions.connection:
-    conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=5)
+    conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=5, **connect_params(dsn))
     conn.autocommit = autocommit
     return conn
 
@@ -29,7 +80,7 @@ class TransactionPool:
         # psycopg2's pool raises when exhausted; callers wait for a free connection instead
         self.slots = threading.BoundedSemaphore(maxconn)
         self.pool = psycopg2.pool.ThreadedConnectionPool(0, maxconn, dsn, application_name=application_name,
-                                                         connect_timeout=5)
+                                                         connect_timeout=5, **connect_params(dsn))
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:

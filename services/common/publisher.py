@@ -15,6 +15,8 @@ from typing import Sequence
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from services.common.kafka_security import PLAINTEXT, KafkaSecurity
+
 log = logging.getLogger(__name__)
 
 
@@ -24,9 +26,10 @@ class KafkaUnavailable(Exception):
 
 class KafkaPublisher:
     def __init__(self, bootstrap: str, *, ack_timeout_s: float = 10.0, reconnect_every_s: float = 2.0,
-                 client_id: str = "crm-ingest"):
+                 client_id: str = "crm-ingest", security: KafkaSecurity = PLAINTEXT):
         self.client_id = client_id
         self.bootstrap = bootstrap
+        self.security = security
         self.ack_timeout_s = ack_timeout_s
         self.reconnect_every_s = reconnect_every_s
         self._producer: KafkaProducer | None = None
@@ -59,6 +62,7 @@ class KafkaPublisher:
             request_timeout_ms=timeout_ms - linger_ms,
             max_in_flight_requests_per_connection=5,
             client_id=self.client_id,
+            **self.security.kafka_python(),
         )
 
     def producer(self) -> KafkaProducer:
@@ -74,8 +78,9 @@ class KafkaPublisher:
                 try:
                     self._producer = self._create()
                     self.last_error = None
-                except KafkaError as exc:
-                    self.last_error = f"cannot connect to Kafka at {self.bootstrap}: {exc}"
+                except (KafkaError, OSError) as exc:  # OSError: e.g. a TLS file that cannot be read
+                    self.last_error = (f"cannot connect to Kafka at {self.bootstrap} "
+                                       f"({self.security.describe()}): {exc}")
                     raise KafkaUnavailable(self.last_error) from exc
         return self._producer
 

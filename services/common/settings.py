@@ -5,7 +5,10 @@ down; nothing deeper in the code reads the environment.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
+from pydantic import SecretStr, model_validator  # security: Kafka and PostgreSQL transport
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +22,30 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, description="partition count of the crm.* topics")
     replication_factor: int = Field(1, ge=1)
 
+    # security: Kafka and PostgreSQL transport (docs/transport-security.md). Secrets come only from the
+    # environment (or files outside the repository) and are never logged: SecretStr prints as **********.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every Kafka client connects (CRM_KAFKA_SECURITY_PROTOCOL)")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism; required with SASL_PLAINTEXT and SASL_SSL")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = Field(None, description="CRM_KAFKA_SASL_PASSWORD; never logged")
+    kafka_ssl_cafile: str | None = Field(None, description="PEM file of the CA(s) that signed the brokers' "
+                                                           "certificates; unset: the system's trusted CAs")
+    kafka_ssl_certfile: str | None = Field(None, description="PEM client certificate (mutual TLS)")
+    kafka_ssl_keyfile: str | None = Field(None, description="PEM private key of the client certificate")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="password of an encrypted client key")
+    kafka_ssl_check_hostname: bool = Field(True, description="check that a broker's certificate names the host "
+                                                             "connected to (leave on outside tests)")
+    pg_password: SecretStr | None = Field(
+        None, description="CRM_PG_PASSWORD, added to CRM_PG_DSN when connecting (keep it out of the DSN); "
+                          "libpq's PGPASSWORD / PGPASSFILE (~/.pgpass) work too")
+    pg_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = Field(
+        None, description="libpq sslmode, merged into CRM_PG_DSN (unset: the DSN's or libpq's own, prefer)")
+    pg_sslrootcert: str | None = Field(None, description="CA file checking the server (verify-ca, verify-full)")
+    pg_sslcert: str | None = Field(None, description="client certificate (certificate authentication)")
+    pg_sslkey: str | None = Field(None, description="private key of the client certificate")
+
     # HTTP services (loopback by default)
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8080
@@ -31,6 +58,13 @@ class Settings(BaseSettings):
         default_factory=lambda: {"account_id": 1, "email": 5, "phone": 5, "anonymous_id": 100},
         description="most identifiers of a kind on one customer, as JSON "
                     "(CRM_IDENTITY_LIMITS='{\"email\": 3}'); kinds not given keep their default")
+
+    # personal data: envelope encryption under the master key (services/common/vault.py)
+    master_key: SecretStr | None = Field(None, description="base64 of 32 random bytes (CRM_MASTER_KEY); wraps every "
+                                                           "subject's data key. Never stored by the platform")
+    master_key_file: str = Field("", description="a file holding the master key instead (CRM_MASTER_KEY_FILE)")
+    vault_cache_s: float = Field(30.0, ge=0, description="how long a process keeps a subject's key in memory; a "
+                                                        "shred is announced and drops it at once")
 
     # collector limits (Segment/RudderStack-like)
     max_event_bytes: int = 32 * 1024
@@ -97,6 +131,24 @@ class Settings(BaseSettings):
     webhooks_previous_secret_s: float = Field(24 * 3600, ge=0, description="how long a rotated-out secret still "
                                                                          "signs deliveries beside the new one")
 
+    # security: API keys, rate limits (services/common/auth.py, docs/security-scopes.md)
+    auth_cache_s: float = Field(5.0, ge=0, description="how long a process trusts a verified API key before asking "
+                                                       "PostgreSQL again: a revoked key is refused within this time")
+    auth_stale_s: float = Field(300.0, ge=0, description="while PostgreSQL is unreachable, keys verified within this "
+                                                         "many seconds stay accepted (others get 503); 0: none")
+    rate_limit_per_s: float = Field(2000.0, gt=0, description="default sustained rate per API key: requests/s on the "
+                                                              "query API, events/s on the collector (a key's own "
+                                                              "rate overrides it)")
+    rate_limit_burst: int = Field(20000, ge=1, description="default burst per API key (requests or events)")
+    source_rate_limit_per_s: float = Field(2000.0, gt=0, description="events/s per CloudEvent source on the "
+                                                                     "collector, whichever key sends them")
+    source_rate_limit_burst: int = Field(20000, ge=1, description="burst of events per CloudEvent source")
+    ip_rate_limit_per_s: float = Field(20.0, gt=0, description="requests/s per client IP that present no valid "
+                                                               "secret key (missing or bad keys, publishable keys)")
+    ip_rate_limit_burst: int = Field(200, ge=1, description="burst of those requests per client IP")
+    api_key: SecretStr = Field(SecretStr(""), description="the API key this client sends (CRM_API_KEY): "
+                                                          "crm-simulator; never logged")
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -138,6 +190,17 @@ class Settings(BaseSettings):
         if timeout is not None and value <= timeout:
             raise ValueError(f"must be more than webhooks_timeout_s ({timeout:g}): a lease outlives its attempt")
         return value
+
+    @model_validator(mode="after")
+    def _pg_connection(self) -> "Settings":
+        # security: Kafka and PostgreSQL transport. pg_dsn becomes the DSN every connection uses: the
+        # pg_ssl* settings merged in, the password kept apart from the string (services.common.db.Dsn).
+        # Nothing here may raise: pydantic would print the raw input, secrets included. The Kafka
+        # settings are checked where the clients are made (services.common.kafka_security).
+        from services.common.db import settings_dsn
+
+        self.pg_dsn = settings_dsn(self)
+        return self
 
 
 def load() -> Settings:

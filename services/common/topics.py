@@ -26,8 +26,11 @@ class TopicSpec:
 _KEEP_FOREVER = {"retention.ms": "-1"}
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(TOUCHPOINTS, "the channel's primary identifier, e.g. email:alice@example.com",
-              "CloudEvents JSON (raw, validated touchpoint)", _KEEP_FOREVER),
+    TopicSpec(TOUCHPOINTS, "the kind and pseudonym of the channel's primary identifier, e.g. "
+                           "email:psn-3f0c9a1e7b6d4c2a8e5f1b0d9c8a7e6f",
+              "CloudEvents JSON (validated touchpoint, sealed: identifiers as pseudonyms, personal fields as "
+              "enc1 tokens under the subject's key; dataclassification=restricted, datacategory=personal)",
+              _KEEP_FOREVER),
     TopicSpec(CUSTOMER_EVENTS, "customer_id",
               "CloudEvents JSON with the resolved customerid extension; customer.merged markers",
               _KEEP_FOREVER),

@@ -5,13 +5,15 @@ event; when Kafka cannot be reached the answer is 503 with Retry-After and nothi
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Request
+import psycopg2
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -20,6 +22,11 @@ from events.kafka_binding import structured_headers
 from services.common.settings import Settings
 from services.common.topics import TOUCHPOINTS
 from services.common.publisher import KafkaPublisher, KafkaUnavailable
+from services.common.db import TransactionPool
+from services.common.apikeys import EVENTS_WRITE
+from services.common.auth import Caller, check_routes, document_scopes, require
+from services.ingest.security import OPEN_ROUTES, CollectorGuard
+from services.common.vault import Vault, from_settings as vault_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +92,30 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(settings: Settings, publisher: KafkaPublisher) -> FastAPI:
-    """The collector app, wired with its settings and Kafka publisher."""
+def create_app(settings: Settings, publisher: KafkaPublisher, vault: Vault | None = None) -> FastAPI:
+    """The collector app, wired with its settings, Kafka publisher and key vault."""
+    vault = vault or vault_from_settings(settings)
+    vault_pool = TransactionPool(settings.pg_dsn, maxconn=4, application_name="crm-ingest-vault")
+
+    def seal_all(tps: list) -> list[tuple[bytes, bytes]]:
+        with vault_pool.transaction() as cur:
+            vault.subjects(cur, [i for tp in tps for i in tp.identifiers])  # one round trip for the request
+            return [vault.seal(cur, tp) for tp in tps]
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        vault.listen(settings.pg_dsn)
         yield
+        vault.close()
         publisher.close()
+        vault_pool.close()
+        guard.close()
 
     app = FastAPI(title="CRM collector", version="1", lifespan=lifespan,
                   description="Accepts customer touchpoints as CloudEvents and makes them durable on Kafka.")
     app.state.publisher = publisher
+    # API keys, rate limits counted in events, publishable keys and CORS (services/ingest/security.py)
+    guard = CollectorGuard(app, settings, lambda status: REQUESTS.labels(str(status)).inc())
 
     @app.post("/v1/events", status_code=202, openapi_extra=EVENTS_BODY, responses={
         202: {"description": "accepted events are durable in Kafka; rejected ones are listed with reasons"},
@@ -102,7 +123,7 @@ def create_app(settings: Settings, publisher: KafkaPublisher) -> FastAPI:
         413: {"description": "the request or an event is over the size limit"},
         503: {"description": "Kafka unavailable; retry after Retry-After seconds (same ids are deduplicated)"},
     })
-    async def post_events(request: Request) -> Response:
+    async def post_events(request: Request, caller: Annotated[Caller, Depends(require(EVENTS_WRITE))]) -> Response:
         length = request.headers.get("content-length")
         if length is not None and length.isdecimal() and int(length) > settings.max_batch_bytes:
             return _error(413, f"request body is {length} bytes; the limit is {settings.max_batch_bytes} bytes")
@@ -124,12 +145,21 @@ def create_app(settings: Settings, publisher: KafkaPublisher) -> FastAPI:
             return _error(400, "the body must be an event object, an array of events or {\"batch\": [...]}")
         if not items:
             return _error(400, "the batch is empty")
+        limited = guard.limit_events(caller, items)  # counted in events, per key and per source
+        if limited is not None:
+            REQUESTS.labels("429").inc()
+            return limited
 
         received_at = datetime.now(timezone.utc)
         accepted, rejected, records = [], [], []
         seen: set[tuple[str, str]] = set()
         for index, item in enumerate(items):
             item_id = item.get("id") if isinstance(item, dict) else None
+            forbidden = guard.forbidden(caller, item)
+            if forbidden is not None:  # a publishable key sends web.* events only
+                rejected.append({"index": index, "id": item_id, **forbidden})
+                REJECTED.labels("forbidden").inc()
+                continue
             try:
                 size = len(orjson.dumps(item))
             except orjson.JSONEncodeError:  # nested too deeply to encode again: validate() says where
@@ -151,12 +181,19 @@ def create_app(settings: Settings, publisher: KafkaPublisher) -> FastAPI:
                 continue
             seen.add((tp.source, tp.id))
             accepted.append(tp.id)
-            records.append((TOUCHPOINTS, tp.primary_identifier.key.encode(), tp.to_json(), HEADERS, tp.type))
+            records.append(tp)
 
         if not records:
             if single and rejected[0]["reason"] == "oversize":
                 return _error(413, rejected[0]["errors"][0]["message"], rejected=rejected)
             return _error(400, "no valid event in the request", rejected=rejected)
+        try:  # personal data is sealed before it is written anywhere (services/common/vault.py)
+            sealed = await asyncio.to_thread(seal_all, records)
+        except psycopg2.Error as exc:
+            log.warning("key vault unavailable, answering 503", extra={"error": type(exc).__name__,
+                                                                       "events": len(records)})
+            return _error(503, "key vault unavailable; nothing was accepted, retry later")
+        records = [(TOUCHPOINTS, key, value, HEADERS, tp.type) for tp, (key, value) in zip(records, sealed)]
         started = datetime.now(timezone.utc)
         try:
             await publisher.send_all([r[:4] for r in records])
@@ -187,4 +224,6 @@ def create_app(settings: Settings, publisher: KafkaPublisher) -> FastAPI:
         return schema
 
     app.openapi = openapi
+    document_scopes(app)
+    check_routes(app, OPEN_ROUTES)  # every route needs a scope unless it is listed as open
     return app

@@ -17,6 +17,8 @@ import faust
 import psycopg2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.common.vault import from_settings as vault_from_settings
+from services.common.kafka_security import KafkaSecurity
 from services.common.settings import Settings
 from projections import alerts
 from projections.business_hours import Calendar
@@ -102,9 +104,10 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
     """Wire the faust app, its topics and one batching agent per stage."""
     datadir = Path(settings.home) / "faust" / settings.processor_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
+    kafka_security = KafkaSecurity.from_settings(settings)
     app = PositionedApp(
         settings.processor_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        **kafka_security.faust(settings.kafka_bootstrap),  # broker URL and credentials (TLS, SASL)
         store="memory://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,
@@ -134,15 +137,17 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
         if futures:
             await asyncio.gather(*futures)
 
+    vault = vault_from_settings(settings)  # refuses to start without a master key
+    vault.listen(settings.pg_dsn)
     for name in stages:
         if name == "identity":
-            stage = IdentityStage(settings.default_region, settings.identity_limits)
+            stage = IdentityStage(settings.default_region, settings.identity_limits, vault=vault)
         else:
             state = StateProjection(load_rules(settings.customer_state_rules or None))
             stage = ViewStage(IndicatorProjection(Calendar.from_config(settings.business_hours),
                                                   settings.indicator_max_lateness_s,
-                                                  alerts.rules(settings.indicator_alerts)), state)
-            _add_state_tasks(app, state, settings)
+                                                  alerts.rules(settings.indicator_alerts)), state, vault)
+            _add_state_tasks(app, state, settings, kafka_security)
         runner = BatchRunner(stage, settings.pg_dsn, settings.processor_id, publish)
         runners.append(runner)
         topic = app.topic(stage.topic, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -163,10 +168,11 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
     return app
 
 
-def _add_state_tasks(app: PositionedApp, state: StateProjection, settings: Settings) -> None:
+def _add_state_tasks(app: PositionedApp, state: StateProjection, settings: Settings,
+                     kafka_security: KafkaSecurity) -> None:
     """The clock tick of the customer state and the feed relay, beside the view stage."""
     app.relay = FeedRelay(settings.pg_dsn, settings.kafka_bootstrap, f"{settings.processor_id}.feed-relay",
-                          poll_s=settings.feed_relay_poll_s)
+                          poll_s=settings.feed_relay_poll_s, security=kafka_security)
     ticker = app.ticker = StateTicker(state, settings.pg_dsn)
 
     @app.task

@@ -33,6 +33,7 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 
 from services.common.db import connect, lock_id
+from services.common.kafka_security import PLAINTEXT, KafkaSecurity
 from services.common.topics import CUSTOMER_CHANGES
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,11 @@ POSITION = TopicPartition(CUSTOMER_CHANGES, 0)
 
 
 class FeedRelay:
-    def __init__(self, dsn: str, bootstrap: str, name: str, *, batch_size: int = 1000, poll_s: float = 0.05):
+    def __init__(self, dsn: str, bootstrap: str, name: str, *, batch_size: int = 1000, poll_s: float = 0.05,
+                 security: KafkaSecurity = PLAINTEXT):
         self.dsn = dsn
         self.bootstrap = bootstrap
+        self.security = security
         self.name = name  # transactional id and consumer group of this deployment's relay
         self.batch_size = batch_size
         self.poll_s = poll_s
@@ -106,7 +109,8 @@ class FeedRelay:
     # -- Kafka --------------------------------------------------------------------------------------
     async def _committed_batch(self) -> int:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.name,
-                                    enable_auto_commit=False, isolation_level="read_committed")
+                                    enable_auto_commit=False, isolation_level="read_committed",
+                                    **self.security.aiokafka())
         await consumer.start()
         try:
             committed = await consumer.committed(POSITION)
@@ -182,7 +186,8 @@ class FeedRelay:
 
     async def _relay(self) -> None:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, transactional_id=self.name,
-                                          enable_idempotence=True, acks="all", linger_ms=1)
+                                          enable_idempotence=True, acks="all", linger_ms=1,
+                                          **self.security.aiokafka())
         await self._producer.start()  # fences any earlier relay of this name and aborts what it left open
         committed = await self._committed_batch()
         pending = await self._db(self._settle, committed)

@@ -27,16 +27,23 @@ from psycopg2.extras import execute_values
 
 from events.customer_events import IDENTIFIED, MERGED, UNMERGED, IdentityMarker, resolved_cloudevent
 from events.envelope import InvalidEvent, Touchpoint, validate
+from events.pii import PSEUDONYM
 from events.kafka_binding import decode, structured_headers
 from projections.identity import (Cause, Change, Evidence, changes, event_home, kind_of, link_key,
                                   resolve_evidence)
+from prometheus_client import Counter
+
 from services.common.db import lock_id
+from services.common.vault import Vault
 from services.common.topics import CUSTOMER_EVENTS, TOUCHPOINTS
 from services.processors.records import Output, Record, deadletter
 
 log = logging.getLogger(__name__)
 
 HEADERS = tuple(structured_headers())
+ERASURE = "customer.erasure_requested"
+ERASED_SKIPPED = Counter("crm_identity_erased_events_skipped_total",
+                         "touchpoints naming a subject that was erased (in flight at the erasure, or read by a rebuild)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +84,18 @@ class IdentityStage:
     name = "identity"
     topic = TOUCHPOINTS
 
-    def __init__(self, default_region: str, limits: dict[str, int] | None = None, *, archive: bool = True):
+    def __init__(self, default_region: str, limits: dict[str, int] | None = None, *, archive: bool = True,
+                 vault: Vault | None = None):
         self.default_region = default_region
         self.limits = dict(limits or {})
         self.archive = archive  # a rebuild (``crm replay``) reads the archive; it does not write it
+        self.vault = vault  # the subjects' keys: erasure shreds them; events of shredded subjects are skipped
 
     def decode(self, record: Record) -> Touchpoint | Output:
         """The validated touchpoint, or the dead-letter record saying why not."""
         try:
             raw = decode(record.value, record.headers)
-            return validate(raw, received_at=record.timestamp, default_region=self.default_region)
+            return validate(raw, received_at=record.timestamp, default_region=self.default_region, sealed=True)
         except InvalidEvent as exc:
             return deadletter(record, stage=self.name, kind=exc.kind, reason=str(exc),
                               errors=[e.as_dict() for e in exc.errors])
@@ -102,6 +111,7 @@ class IdentityStage:
             else:
                 facts.append(_facts(decoded))
                 accepted.append((record, decoded))
+        facts, accepted = self._unerased(cur, facts, accepted)
         if not facts:
             return outputs
         if self.archive:
@@ -137,6 +147,7 @@ class IdentityStage:
         if new_statements or earlier:
             version, markers = self._resolve(cur, version, known, first, earlier, new_statements, owner)
 
+        erased = self._erase(cur, facts, owner)
         # resolved events keep their touchpoint's receive time (the Kafka timestamp), so lateness is
         # measured from when the platform received an event, however long processing took; a rebuild
         # sees the same times
@@ -145,6 +156,8 @@ class IdentityStage:
         received = max(r.timestamp_ms or 0 for r, _ in accepted) or None
         for f, (record, _) in zip(facts, accepted):
             cid = owner[f.home]
+            if cid in erased and f.tp.type != ERASURE:  # erased with the customer, in this very batch
+                continue
             refused = tuple(k for k in f.keys if k != f.home and (f.evidence is not None and f.evidence.unlink
                                                                   or owner[k] != cid))
             stated.update(k for k in f.keys if k not in refused)
@@ -152,6 +165,8 @@ class IdentityStage:
                                  orjson.dumps(resolved_cloudevent(f.tp, cid, refused, version)), HEADERS,
                                  record.timestamp_ms))
         for m in markers:
+            if m.customer_id in erased:
+                continue
             if m.type == IDENTIFIED:
                 m = IdentityMarker(IDENTIFIED, m.customer_id, tuple(k for k in m.identifiers if k not in stated),
                                    m.version, time=m.time)
@@ -160,6 +175,48 @@ class IdentityStage:
             outputs.append(Output(CUSTOMER_EVENTS, m.customer_id.encode(), orjson.dumps(m.to_cloudevent()), HEADERS,
                                   received))
         return outputs + events
+
+    def _unerased(self, cur, facts: list[_Facts], accepted: list) -> tuple[list[_Facts], list]:
+        """Leave out events naming a pseudonym whose subject is gone: erased, with every key it had.
+        They were in flight at the erasure, or a rebuild reads them again; either way they are
+        skipped, never resolved (a rebuild must not bring the person back)."""
+        if self.vault is None:
+            return facts, accepted
+        named = {i.value for f in facts for i in f.tp.identifiers if PSEUDONYM.match(i.value)}
+        live = self.vault.existing(cur, named)
+        if len(live) == len(named):
+            return facts, accepted
+        keep = [all(i.value in live or not PSEUDONYM.match(i.value) for i in f.tp.identifiers) for f in facts]
+        ERASED_SKIPPED.inc(keep.count(False))
+        return ([f for f, k in zip(facts, keep) if k], [a for a, k in zip(accepted, keep) if k])
+
+    def _erase(self, cur, facts: list[_Facts], owner: dict[str, str]) -> dict[str, int]:
+        """Carry out the erasure requests of the batch: every subject (pseudonymous identifier) of
+        the customer is shredded and the customer leaves the identity graph. The customer event of
+        the request goes on to the view stage, which removes the customer from the read models."""
+        erased: dict[str, int] = {}
+        for f in facts:
+            if f.tp.type != ERASURE or owner[f.home] in erased:
+                continue
+            cid = owner[f.home]
+            cur.execute("SELECT key FROM identity_identifier WHERE customer_id = %s", (cid,))
+            keys = [r[0] for r in cur.fetchall()] + list(f.keys)
+            subjects = {k.partition(":")[2] for k in keys if PSEUDONYM.match(k.partition(":")[2])}
+            shredded = self.vault.shred(cur, subjects) if self.vault is not None else 0
+            cur.execute("DELETE FROM identity_identifier WHERE customer_id = %s", (cid,))
+            cur.execute("DELETE FROM identity_link WHERE identifiers && %s", (keys,))
+            cur.execute("DELETE FROM identity_change WHERE target = %s OR source = %s OR identifiers && %s",
+                        (cid, cid, keys))
+            cur.execute("DELETE FROM identity_customer WHERE customer_id = %s OR merged_into = %s", (cid, cid))
+            data = f.tp.data
+            cur.execute("""INSERT INTO public.privacy_erasure (customer_id, event_key, requested_by, reason, subjects,
+                                                        requested_at)
+                           VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (customer_id) DO NOTHING""",
+                        (cid, f.tp.key, getattr(data, "requested_by", None), getattr(data, "reason", None),
+                         len(subjects), f.tp.time))
+            erased[cid] = shredded
+            log.info("customer erased", extra={"customer_id": cid, "subjects": len(subjects), "event_id": f.tp.id})
+        return erased
 
     @staticmethod
     def _archive(cur, accepted: list[tuple[Record, Touchpoint]]) -> None:

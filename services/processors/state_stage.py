@@ -86,6 +86,15 @@ class StateProjection:
             outbox += rows_out[1]
         self._write(cur, rows, outbox)
 
+    def erase(self, cur, cid: str, data: dict) -> None:
+        """The customer was erased: its state row goes, downstream systems are told
+        (``customer.erased``) and its snapshot is tombstoned on crm.customer-state."""
+        stored = self._stored(cur, [cid]).get(cid)
+        version = (stored["version"] if stored else 0) + 1
+        cur.execute("DELETE FROM customer_state WHERE customer_id = %s", (cid,))
+        self._write(cur, [], [self._change(cid, version, "customer.erased", data["erased_at"], data, None),
+                              (CUSTOMER_STATE, cid, None, _version_header(version))])
+
     # -- the clock ----------------------------------------------------------------------------------
     def tick(self, cur, limit: int = 500, *, exclusive: bool = True) -> int:
         """Re-evaluate at the clock the customers whose review time has come; returns how many.

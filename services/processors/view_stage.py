@@ -32,7 +32,9 @@ from events.customer_events import MERGED, CustomerEvent, IdentityMarker, decode
 from projections import customer_view, satisfaction
 from projections.identity import event_home, kind_of
 from projections.timeline import summarize
+from events import pii
 from services.common.db import lock
+from services.common.vault import Vault
 from services.common.timeline import EVENT_COLUMNS, to_event
 from services.common.topics import CUSTOMER_EVENTS
 from services.processors.indicator_stage import IndicatorProjection
@@ -41,12 +43,31 @@ from services.processors.state_stage import StateProjection
 
 log = logging.getLogger(__name__)
 
+ERASURE = "customer.erasure_requested"
+
+
+def purge_copies(cur, cids: list[str]) -> None:
+    """Delete the customers' rows from every copy of the read models outside ``public``: a
+    rebuild in progress (``crm_rebuild``) and retired tables kept after a swap (``crm_retired_*``).
+    Their tokens are unreadable already (the keys are shredded); this leaves not even the ids."""
+    cur.execute("""SELECT table_schema, table_name, column_name FROM information_schema.columns
+                   WHERE (table_schema = 'crm_rebuild' OR table_schema LIKE 'crm\_retired\_%%')
+                     AND column_name IN ('customer_id', 'survivor', 'alias', 'target', 'source')
+                     AND table_name NOT IN ('processor_offsets')""")
+    by_table: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for schema, table, column in cur.fetchall():
+        by_table[(schema, table)].append(column)
+    for (schema, table), columns in sorted(by_table.items()):
+        where = " OR ".join(f'"{c}" = ANY(%(c)s)' for c in sorted(columns))
+        cur.execute(f'DELETE FROM "{schema}"."{table}" WHERE {where}', {"c": cids})
+
 
 class _Batch:
     """The view stage's work on one batch, inside the runner's transaction."""
 
-    def __init__(self, cur):
+    def __init__(self, cur, vault: Vault | None = None):
         self.cur = cur
+        self.vault = vault
         self.views: dict[str, customer_view.View] = {}
         self.deleted: set[str] = set()
         self.dirty: set[str] = set()
@@ -67,7 +88,7 @@ class _Batch:
                 self.loaded[cid] = found.get(cid)
                 if cid in found:
                     self.views[cid] = found[cid]
-                self.stored_terms[cid] = customer_view.search_terms(found[cid]) if cid in found else set()
+                self.stored_terms[cid] = self.terms(found[cid]) if cid in found else set()
 
     def view(self, cid: str) -> customer_view.View:
         self.load([cid])
@@ -92,14 +113,27 @@ class _Batch:
         self.cur.execute(f"SELECT {EVENT_COLUMNS} FROM customer_timeline WHERE customer_id = ANY(%s)",
                          (sorted(owners),))
         events: dict[str, list[CustomerEvent]] = defaultdict(list)
-        for row in self.cur.fetchall():
-            event = to_event(row)
+        rows = [to_event(row) for row in self.cur.fetchall()]
+        for event in (self.vault.open_events(self.cur, rows) if self.vault is not None else rows):
             events[event.customer_id].append(event)
         for owner in owners:
             if events.get(owner):
                 self.set_view(owner, customer_view.apply_all(customer_view.empty(owner), events[owner]))
             else:
                 self.drop_view(owner)
+
+    def terms(self, view: customer_view.View) -> set[str]:
+        """Search terms as stored: with the vault, the HMAC of each term and of each of its
+        prefixes (up to 40 characters), made from the opened name and company; no name is stored."""
+        if self.vault is None:
+            return customer_view.search_terms(view)
+        traits = {t: view["traits"][t] for t in ("name", "company") if t in view["traits"]}
+        if not traits:
+            return set()
+        opened = self.vault.open_text(self.cur, traits)
+        terms = customer_view.search_terms({"traits": {t: v for t, v in opened.items()
+                                                       if v.get("value") != pii.ERASED}})
+        return {self.vault.search_digest(term[:n]) for term in terms for n in range(1, min(len(term), 40) + 1)}
 
     # -- writing ------------------------------------------------------------------------------------
     def save(self) -> None:
@@ -127,7 +161,7 @@ class _Batch:
 
     def _save_terms(self) -> None:
         """Rewrite the search terms of the customers whose name or company changed (or who are gone)."""
-        changed = {cid: customer_view.search_terms(self.views[cid]) for cid in self.dirty}
+        changed = {cid: self.terms(self.views[cid]) for cid in self.dirty}
         changed.update({cid: set() for cid in self.deleted})
         changed = {cid: terms for cid, terms in changed.items() if terms != self.stored_terms.get(cid)}
         if not changed:
@@ -147,9 +181,11 @@ class ViewStage:
     name = "customer_view"
     topic = CUSTOMER_EVENTS
 
-    def __init__(self, indicators: IndicatorProjection | None = None, state: StateProjection | None = None):
+    def __init__(self, indicators: IndicatorProjection | None = None, state: StateProjection | None = None,
+                 vault: Vault | None = None):
         self.indicators = indicators
         self.state = state
+        self.vault = vault
 
     def prepare(self, cur, records: list[Record]) -> list[Output]:
         outputs: list[Output] = []
@@ -166,10 +202,15 @@ class ViewStage:
             (markers if isinstance(item, IdentityMarker) else events).append(item)
             if isinstance(item, CustomerEvent):
                 arrived.setdefault(item.key, record.timestamp)
+        events, markers, erasures = self._unerased(cur, events, markers)
+        if erasures:
+            self._purge(cur, erasures)
         if not events and not markers:
             return outputs
+        if self.vault is not None:
+            events = self.vault.open_events(cur, events)
 
-        batch = _Batch(cur)
+        batch = _Batch(cur, self.vault)
         # what the batch says about identifiers: per identifier, the word of the highest version
         said: dict[str, tuple[str, int]] = {}
         for key, cid, version in ([(k, m.customer_id, m.version) for m in markers for k in m.identifiers]
@@ -207,6 +248,45 @@ class ViewStage:
         if self.state is not None:
             self.state.apply(cur, {c: batch.views.get(c) for c in batch.dirty | batch.deleted}, batch.moved_into)
         return outputs
+
+    def _unerased(self, cur, events: list[CustomerEvent], markers: list[IdentityMarker]):
+        """The batch without erasure requests and without what concerns an erased customer (read
+        again by a rebuild or redelivered), and the erasure requests by customer."""
+        erasures = {e.customer_id: e for e in events if e.type == ERASURE}
+        cids = sorted({e.customer_id for e in events} | {m.customer_id for m in markers}
+                      | {m.source for m in markers if m.source})
+        cur.execute("SELECT customer_id FROM public.privacy_erasure WHERE customer_id = ANY(%s)", (cids,))
+        gone = {r[0] for r in cur.fetchall()} | set(erasures)
+        if not gone:
+            return events, markers, erasures
+        return ([e for e in events if e.customer_id not in gone],
+                [m for m in markers if m.customer_id not in gone and m.source not in gone], erasures)
+
+    def _purge(self, cur, erasures: dict[str, CustomerEvent]) -> None:
+        """Remove erased customers from every read model (and from any rebuilt or retired copy of
+        one), tell downstream systems and tombstone their state."""
+        cids = sorted(erasures)
+        lock(cur, ("c:" + c for c in cids))
+        cur.execute("SELECT key FROM customer_view_identifier WHERE customer_id = ANY(%s)", (cids,))
+        keys = [r[0] for r in cur.fetchall()]
+        for sql in ("DELETE FROM customer_timeline WHERE customer_id = ANY(%(c)s) OR home = ANY(%(k)s)",
+                    "DELETE FROM customer_view_search WHERE customer_id = ANY(%(c)s)",
+                    "DELETE FROM customer_view_identifier WHERE customer_id = ANY(%(c)s) OR key = ANY(%(k)s)",
+                    "DELETE FROM customer_view_alias WHERE survivor = ANY(%(c)s) OR alias = ANY(%(c)s)",
+                    "DELETE FROM customer_view_change WHERE target = ANY(%(c)s) OR source = ANY(%(c)s)",
+                    "DELETE FROM customer_view WHERE customer_id = ANY(%(c)s)",
+                    "DELETE FROM webhook_delivery WHERE event_id IN "
+                    "(SELECT event_id FROM webhook_event WHERE customer_id = ANY(%(c)s))",
+                    "DELETE FROM webhook_event WHERE customer_id = ANY(%(c)s)"):
+            cur.execute(sql, {"c": cids, "k": keys})
+        purge_copies(cur, cids)
+        for cid, event in erasures.items():
+            cur.execute("SELECT subjects, erased_at FROM public.privacy_erasure WHERE customer_id = %s", (cid,))
+            row = cur.fetchone()
+            if self.state is not None:
+                self.state.erase(cur, cid, {"erased_at": customer_view.ts(row[1] if row else event.time),
+                                            "event_id": event.id, "subjects": row[0] if row else 0})
+        log.info("customers erased from the read models", extra={"customers": len(cids)})
 
     @staticmethod
     def _move(batch: _Batch, moves: dict[str, str]) -> set[str]:

@@ -204,7 +204,8 @@ class Sender:
                     return result
                 if status not in RETRYABLE_STATUS:
                     result.failed = len(events)
-                    result.error = f"HTTP {status}: {response.text[:300]}"
+                    result.error = f"HTTP {status}: {response.text[:300]}" + (
+                        " (set CRM_API_KEY to a key with the scope events:write)" if status in (401, 403) else "")
                     return result
                 problem = f"HTTP {status}"
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
@@ -469,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="crm-simulator",
         description="Post simulated multi-channel customer journeys (web, shop, calls, email, surveys, "
-                    "tickets) to the CRM collector at a steady rate.")
+                    "tickets) to the CRM collector at a steady rate. Sends the API key in $CRM_API_KEY "
+                    "(scope events:write) as Authorization: Bearer.")
     p.add_argument("--collector", default=os.environ.get("CRM_COLLECTOR_URL", DEFAULT_COLLECTOR),
                    help="collector base URL (default: $CRM_COLLECTOR_URL or %(default)s)")
     p.add_argument("--rate", type=_positive(float), default=50.0, metavar="EVENTS_PER_SECOND",
@@ -489,6 +491,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after all customers, continue with new customers until --duration/--max-events/Ctrl-C")
     p.add_argument("--quiet", action="store_true", help="no progress display; only problems and the summary")
     return p
+
+
+def api_key() -> str:
+    """The collector key from ``CRM_API_KEY`` (a key with ``events:write``; empty: none sent)."""
+    from services.common.settings import Settings
+
+    return Settings().api_key.get_secret_value().strip()
+
+
+def auth_headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def journey_events(seed: int, customers: int, start: datetime | None, loop: bool,
@@ -527,7 +540,7 @@ def run(argv: list[str] | None = None, *, transport: httpx.BaseTransport | None 
                         live=sys.stdout.isatty())
     # trust_env=False: no proxy from the environment, so requests only ever go to the given collector
     client = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False, follow_redirects=False,
-                          headers={"User-Agent": USER_AGENT}, transport=transport)
+                          headers={"User-Agent": USER_AGENT, **auth_headers(api_key())}, transport=transport)
     sender = Sender(client, args.collector, wait=stop.wait, on_retry=reporter.retrying)
     pump = Pump(sender, rate=args.rate, batch_size=args.batch, wait=stop.wait,
                 on_progress=reporter.progress, on_problem=reporter.problem)

@@ -24,14 +24,18 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from projections.customer_state import load_rules
+from services.common.vault import from_settings as vault_from_settings
 from services.common.db import TransactionPool
 from services.common.kafka_follow import follow
+from services.common.kafka_security import KafkaSecurity
 from services.common.settings import Settings
 from services.common.topics import CUSTOMER_CHANGES
 from services.processors.records import Output, Record
 from services.processors.runner import BatchRunner, load_offsets
 from services.webhooks import store
 from services.webhooks.enqueue import EnqueueStage
+from services.webhooks.filters import gates
 from services.webhooks.sender import Sender
 
 log = logging.getLogger(__name__)
@@ -42,13 +46,16 @@ class ChangeConsumer(ConsumerRebalanceListener):
 
     def __init__(self, settings: Settings, pool: TransactionPool, sender: Sender):
         self.settings = settings
+        self.kafka_security = KafkaSecurity.from_settings(settings)
         self.pool = pool
         self.sender = sender
         self.assigned: list[int] = []
         self.error: str | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self.runner = BatchRunner(EnqueueStage(), settings.pg_dsn, settings.webhooks_id, self._publish)
+        # the segments that need consent, from the customer-state rules the processors use
+        stage = EnqueueStage(gates(load_rules(settings.customer_state_rules or None)))
+        self.runner = BatchRunner(stage, settings.pg_dsn, settings.webhooks_id, self._publish)
 
     async def _publish(self, outputs: list[Output]) -> None:
         """Dead letters, acknowledged by Kafka before the batch commits."""
@@ -56,7 +63,8 @@ class ChangeConsumer(ConsumerRebalanceListener):
             return
         if self._producer is None:
             producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
-                                        client_id=f"{self.settings.webhooks_id}-deadletters")
+                                        client_id=f"{self.settings.webhooks_id}-deadletters",
+                                        **self.kafka_security.aiokafka())
             await producer.start()
             self._producer = producer
         await asyncio.gather(*[self._producer.send_and_wait(o.topic, o.value, key=o.key, headers=list(o.headers))
@@ -110,7 +118,7 @@ class ChangeConsumer(ConsumerRebalanceListener):
                 isolation_level="read_committed",  # the feed relay publishes in Kafka transactions
                 max_poll_records=self.settings.batch_size, fetch_max_wait_ms=100,
                 # a crashed dispatcher's partitions move to the others within seconds
-                session_timeout_ms=10000, heartbeat_interval_ms=2000)
+                session_timeout_ms=10000, heartbeat_interval_ms=2000, **self.kafka_security.aiokafka())
             return self._consumer
 
         async def start(consumer: AIOKafkaConsumer) -> None:
@@ -142,13 +150,16 @@ def create_app(settings: Settings) -> FastAPI:
     """The dispatcher process: consumer and sender run beside its /healthz and /metrics."""
     dispatcher = f"{socket.gethostname()}:{os.getpid()}"
     pool = TransactionPool(settings.pg_dsn, maxconn=4, application_name="crm-webhooks")
+    vault = vault_from_settings(settings)  # refuses to start without a master key
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        vault.listen(settings.pg_dsn)
         sender = Sender(pool, dispatcher=dispatcher, schedule=settings.webhooks_retry_schedule_s,
                         jitter=settings.webhooks_retry_jitter, timeout_s=settings.webhooks_timeout_s,
                         lease_s=settings.webhooks_lease_s, concurrency=settings.webhooks_concurrency,
-                        per_subscription=settings.webhooks_per_subscription, poll_s=settings.webhooks_poll_s)
+                        per_subscription=settings.webhooks_per_subscription, poll_s=settings.webhooks_poll_s,
+                        vault=vault)
         consumer = ChangeConsumer(settings, pool, sender)
         app.state.sender, app.state.consumer = sender, consumer
         tasks = [asyncio.create_task(consumer.run(), name="webhooks-consumer"),

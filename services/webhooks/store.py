@@ -16,17 +16,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from psycopg2.extras import execute_values
 
 from services.common.db import lock_id
-from services.webhooks.filters import Filter
+from services.webhooks.filters import Filter, consents
 from services.webhooks.verify import new_secret
 
 STATUSES = ("pending", "delivered", "failed", "cancelled")
 RETRYABLE = ("failed", "cancelled")
 _CLAIM_LOCK = lock_id("crm-webhooks-claim")
 
-SUBSCRIPTION = ("id", "url", "event_types", "segments", "description", "enabled", "disabled_reason",
+SUBSCRIPTION = ("id", "url", "event_types", "segments", "purpose", "description", "enabled", "disabled_reason",
                 "created_at", "updated_at")
 _SUBSCRIPTION_COLUMNS = ", ".join(SUBSCRIPTION)
 _DELIVERY_COLUMNS = """d.id, d.subscription_id, d.event_id, e.type AS event_type, e.customer_id, e.sequence,
@@ -47,11 +48,12 @@ def _one(cur) -> dict[str, Any] | None:
 # -- subscriptions (the API) ----------------------------------------------------------------------
 
 def create_subscription(cur, *, url: str, event_types: list[str] | None, segments: list[str] | None,
-                        description: str, enabled: bool) -> dict[str, Any]:
+                        description: str, enabled: bool, purpose: str = "service") -> dict[str, Any]:
     """A new subscription with a fresh secret; the only answer that carries the secret."""
-    cur.execute(f"""INSERT INTO webhook_subscription (id, url, event_types, segments, description, enabled, secret)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_SUBSCRIPTION_COLUMNS}, secret""",
-                ("wh_" + uuid.uuid4().hex, url, event_types, segments, description, enabled, new_secret()))
+    cur.execute(f"""INSERT INTO webhook_subscription (id, url, event_types, segments, purpose, description, enabled,
+                                                      secret)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_SUBSCRIPTION_COLUMNS}, secret""",
+                ("wh_" + uuid.uuid4().hex, url, event_types, segments, purpose, description, enabled, new_secret()))
     return _one(cur)
 
 
@@ -66,9 +68,10 @@ def get_subscription(cur, subscription_id: str) -> dict[str, Any] | None:
 
 
 def update_subscription(cur, subscription_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """Change some of url, event_types, segments, description, enabled. Disabling cancels the
-    deliveries still pending; enabling again matches the changes published from then on."""
-    allowed = {"url", "event_types", "segments", "description", "enabled"}
+    """Change some of url, event_types, segments, purpose, description, enabled. Disabling cancels
+    the deliveries still pending; enabling again matches the changes published from then on; a
+    purpose that needs consent cancels the pending deliveries whose snapshot does not consent."""
+    allowed = {"url", "event_types", "segments", "purpose", "description", "enabled"}
     assert set(changes) <= allowed, set(changes) - allowed
     sets = [f"{name} = %({name})s" for name in changes]
     if changes.get("enabled") is True:
@@ -79,7 +82,43 @@ def update_subscription(cur, subscription_id: str, changes: dict[str, Any]) -> d
     updated = _one(cur)
     if updated is not None and changes.get("enabled") is False:
         cancel_pending(cur, subscription_id, "cancelled: the subscription was disabled")
+    if updated is not None and "purpose" in changes:
+        _cancel_unconsented(cur, subscription_id, changes["purpose"])
     return updated
+
+
+def _cancel_unconsented(cur, subscription_id: str, purpose: str) -> int:
+    """Cancel the pending deliveries of a subscription whose snapshot does not consent to ``purpose``."""
+    cur.execute("""SELECT d.id, e.type, e.body FROM webhook_delivery d JOIN webhook_event e USING (event_id)
+                   WHERE d.subscription_id = %s AND d.status = 'pending'""", (subscription_id,))
+    flt = Filter(purpose=purpose)
+    refused = []
+    for delivery_id, change_type, body in cur.fetchall():
+        data = orjson.loads(bytes(body)).get("data")
+        if not consents(flt, change_type, data if isinstance(data, dict) else {}):
+            refused.append(delivery_id)
+    if not refused:
+        return 0
+    cur.execute("""UPDATE webhook_delivery SET status = 'cancelled', last_error = %s, updated_at = now()
+                   WHERE id = ANY(%s) AND status = 'pending'""",
+                (f"cancelled: the customer does not consent to {purpose}", refused))
+    return cur.rowcount
+
+
+def withhold(cur, withheld: list[tuple[str, str, int | None, str]]) -> int:
+    """Cancel what is still pending for ``(subscription_id, customer_id, sequence, purpose)``: a
+    change of that sequence says the customer does not (any more) consent to the subscription's
+    purpose, so nothing older about the customer is sent to it (None: no sequence, all of them)."""
+    if not withheld:
+        return 0
+    cur.execute("""UPDATE webhook_delivery d SET status = 'cancelled', updated_at = now(),
+                       last_error = 'cancelled: the customer does not consent to ' || w.purpose
+                   FROM webhook_event e,
+                        unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS w (sid, cid, seq, purpose)
+                   WHERE d.event_id = e.event_id AND d.status = 'pending' AND d.subscription_id = w.sid
+                     AND e.customer_id = w.cid AND (w.seq IS NULL OR e.sequence IS NULL OR e.sequence < w.seq)""",
+                tuple(map(list, zip(*withheld))))
+    return cur.rowcount
 
 
 def delete_subscription(cur, subscription_id: str) -> bool:
@@ -151,11 +190,11 @@ class Target:
 
 def targets(cur) -> list[Target]:
     """The enabled subscriptions and their filters."""
-    cur.execute("""SELECT id, event_types, segments, (extract(epoch FROM active_since) * 1000)::bigint
+    cur.execute("""SELECT id, event_types, segments, purpose, (extract(epoch FROM active_since) * 1000)::bigint
                    FROM webhook_subscription WHERE enabled ORDER BY id""")
     return [Target(sid, Filter(frozenset(types) if types is not None else None,
-                               frozenset(segments) if segments is not None else None), since)
-            for sid, types, segments, since in cur.fetchall()]
+                               frozenset(segments) if segments is not None else None, purpose), since)
+            for sid, types, segments, purpose, since in cur.fetchall()]
 
 
 def earliest_active_ms(cur) -> int | None:

@@ -6,7 +6,6 @@ import json
 import time
 from datetime import datetime, timedelta, timezone
 
-import httpx
 import orjson
 import yaml
 from kafka import KafkaConsumer, KafkaProducer
@@ -15,6 +14,7 @@ from events.asyncapi import document
 from projections.identity import customer_id_for
 from services.common.topics import (CUSTOMER_CHANGES, CUSTOMER_EVENTS, CUSTOMER_STATE, DEADLETTER, INDICATORS,
                                     TOUCHPOINTS)
+from tests import http
 from tests.unit.test_asyncapi import Contract
 
 
@@ -72,12 +72,12 @@ def test_the_api_serves_the_document_and_the_platform_keeps_to_it(platform, uniq
     platform.processor(CRM_INDICATOR_ALERTS=json.dumps([rule]))
     _, api = platform.api(CRM_PARTITIONS="6")
 
-    served = httpx.get(f"{api}/v1/asyncapi.json")
+    served = http.get(f"{api}/v1/asyncapi.json")
     assert served.status_code == 200 and served.headers["content-type"] == "application/json"
     doc = served.json()
     assert doc == json.loads(json.dumps(document(6, 1))), "the document of the running settings"
     assert {c["bindings"]["kafka"]["partitions"] for c in doc["channels"].values()} == {6}
-    as_yaml = httpx.get(f"{api}/v1/asyncapi.yaml")
+    as_yaml = http.get(f"{api}/v1/asyncapi.yaml")
     assert as_yaml.status_code == 200 and as_yaml.headers["content-type"].startswith("application/yaml")
     assert yaml.safe_load(as_yaml.text) == doc
 
@@ -97,14 +97,14 @@ def test_the_api_serves_the_document_and_the_platform_keeps_to_it(platform, uniq
     topics = _Topics(platform.stack.kafka_bootstrap, Contract(doc), mine)
     try:
         first, then = _traffic(unique, queue, email, phone)
-        httpx.post(f"{collector}/v1/events", json=first).raise_for_status()
+        http.post(f"{collector}/v1/events", json=first).raise_for_status()
         producer = KafkaProducer(bootstrap_servers=platform.stack.kafka_bootstrap, acks="all")
         producer.send(TOUCHPOINTS, key=f"bad-{unique}".encode(), value=b"{not json")
         producer.flush()
         producer.close()
         topics.read_until({"customer-event.resolved", "indicator.updated", "indicator.alert", "deadletter",
                            "customer-state.snapshot", "change.lifecycle.changed"}, 90)
-        httpx.post(f"{collector}/v1/events", json=then).raise_for_status()
+        http.post(f"{collector}/v1/events", json=then).raise_for_status()
         topics.read_until({"identity-marker.customer.merged", "change.customer.merged", "customer-state.tombstone"},
                           60)
     finally:

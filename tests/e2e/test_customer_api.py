@@ -1,9 +1,9 @@
 """The query API's explain, time-travel and search features, end to end through the collector."""
 from __future__ import annotations
 
-import httpx
 import pytest
 
+from tests import http
 from tests.processes import wait_for
 
 
@@ -28,15 +28,15 @@ def events(u: str) -> list[dict]:
 def settle(collector: str, api: str, u: str) -> dict:
     """Post the journey so that two customers exist (cookie, account) before the login links them."""
     def count(kind: str, value: str) -> int:
-        found = httpx.get(f"{api}/v1/customers", params={kind: value}).json()["items"]
+        found = http.get(f"{api}/v1/customers", params={kind: value}).json()["items"]
         return found[0]["event_count"] if found else 0
 
     *before, login = events(u)
-    httpx.post(f"{collector}/v1/events", json=before).raise_for_status()
+    http.post(f"{collector}/v1/events", json=before).raise_for_status()
     wait_for(lambda: count("anonymous_id", f"ck-{u}") == 1 and count("account_id", f"acct-{u}") == 3, 60,
              "two separate customers")
-    httpx.post(f"{collector}/v1/events", json=login).raise_for_status()
-    return wait_for(lambda: (c := httpx.get(f"{api}/v1/customers", params={"account_id": f"acct-{u}"})
+    http.post(f"{collector}/v1/events", json=login).raise_for_status()
+    return wait_for(lambda: (c := http.get(f"{api}/v1/customers", params={"account_id": f"acct-{u}"})
                              .json()["items"]) and c[0]["event_count"] == 5 and c[0], 60, "all five applied")
 
 
@@ -44,13 +44,13 @@ def test_merges_are_explained_and_aggregates_add_up(running, unique):
     collector, api = running
     customer = settle(collector, api, unique)
     cid = customer["customer_id"]
-    merges = httpx.get(f"{api}/v1/customers/{cid}/merges").json()
+    merges = http.get(f"{api}/v1/customers/{cid}/merges").json()
     assert merges["customer_id"] == cid
     assert [(m["event_id"], m["identifier"], m["rule"], m["current"]) for m in merges["items"]] == [
         (f"{unique}-5", f"account_id:acct-{unique}", "identifiers shared on one event", True)]
     alias = merges["items"][0]["alias"]
     assert customer["aliases"] == [alias]
-    assert httpx.get(f"{api}/v1/customers/{alias}/merges").json()["customer_id"] == cid
+    assert http.get(f"{api}/v1/customers/{alias}/merges").json()["customer_id"] == cid
     assert customer["orders"]["count"] == 2
     assert customer["orders"]["average_order_value"] == {"CNY": "75.00"}
     assert customer["traits"]["name"]["source"] == "profile"
@@ -61,24 +61,24 @@ def test_as_of_answers_the_view_as_it_stood_then_identity_included(running, uniq
     customer = settle(collector, api, unique)
     cid, (alias,) = customer["customer_id"], customer["aliases"]
     # on 3 November the login had not happened: the cookie and the account were two customers
-    then = httpx.get(f"{api}/v1/customers/{cid}", params={"as_of": "2026-11-03T00:00:00Z"}).json()
+    then = http.get(f"{api}/v1/customers/{cid}", params={"as_of": "2026-11-03T00:00:00Z"}).json()
     assert then["event_count"] == 1 and then["orders"]["count"] == 0
     assert then["identities"] == {"anonymous_id": [f"ck-{unique}"]}
     assert then["as_of"].startswith("2026-11-03T00:00:00")
-    account = httpx.get(f"{api}/v1/customers/{alias}", params={"as_of": "2026-11-03T00:00:00Z"}).json()
+    account = http.get(f"{api}/v1/customers/{alias}", params={"as_of": "2026-11-03T00:00:00Z"}).json()
     assert (account["customer_id"], account["event_count"], account["orders"]["count"]) == (alias, 2, 1)
-    later = httpx.get(f"{api}/v1/customers/{alias}", params={"as_of": "2026-11-07T00:00:00Z"}).json()
+    later = http.get(f"{api}/v1/customers/{alias}", params={"as_of": "2026-11-07T00:00:00Z"}).json()
     assert (later["customer_id"], later["requested_id"], later["event_count"]) == (cid, alias, 5)
-    assert httpx.get(f"{api}/v1/customers/{cid}", params={"as_of": "2026-10-01T00:00:00Z"}).status_code == 404
-    assert httpx.get(f"{api}/v1/customers/{cid}", params={"as_of": "2026-11-03T00:00:00"}).status_code == 400
-    assert httpx.get(f"{api}/v1/customers/{cid}", params={"as_of": "yesterday"}).status_code == 422
+    assert http.get(f"{api}/v1/customers/{cid}", params={"as_of": "2026-10-01T00:00:00Z"}).status_code == 404
+    assert http.get(f"{api}/v1/customers/{cid}", params={"as_of": "2026-11-03T00:00:00"}).status_code == 400
+    assert http.get(f"{api}/v1/customers/{cid}", params={"as_of": "yesterday"}).status_code == 422
 
 
 @pytest.mark.parametrize("q", ["张伟", "张", "zhang", "ZHANG{u}", "海尔", "haier"])
 def test_search_by_name_or_company_prefix_in_any_script(running, unique, q):
     collector, api = running
     cid = settle(collector, api, unique)["customer_id"]
-    found = httpx.get(f"{api}/v1/customers", params={"q": q.format(u=unique), "limit": 100}).json()
+    found = http.get(f"{api}/v1/customers", params={"q": q.format(u=unique), "limit": 100}).json()
     assert cid in [c["customer_id"] for c in found["items"]]
 
 
@@ -86,19 +86,19 @@ def test_search_pages_and_refuses_mixed_queries(running, unique):
     collector, api = running
     settle(collector, api, unique)
     settle(collector, api, unique + "b")
-    first = httpx.get(f"{api}/v1/customers", params={"q": "海尔", "limit": 1}).json()
+    first = http.get(f"{api}/v1/customers", params={"q": "海尔", "limit": 1}).json()
     assert len(first["items"]) == 1 and first["next_cursor"]
-    second = httpx.get(f"{api}/v1/customers", params={"q": "海尔", "limit": 1, "cursor": first["next_cursor"]}).json()
+    second = http.get(f"{api}/v1/customers", params={"q": "海尔", "limit": 1, "cursor": first["next_cursor"]}).json()
     assert second["items"][0]["customer_id"] > first["items"][0]["customer_id"]
-    assert httpx.get(f"{api}/v1/customers", params={"q": "%"}).json()["items"] == []
-    assert httpx.get(f"{api}/v1/customers", params={"q": "x", "email": "a@b.cn"}).status_code == 400
+    assert http.get(f"{api}/v1/customers", params={"q": "%"}).json()["items"] == []
+    assert http.get(f"{api}/v1/customers", params={"q": "x", "email": "a@b.cn"}).status_code == 400
 
 
 def test_an_operator_unmerges_a_wrong_merge_and_each_side_gets_its_own_events_back(running, unique):
     collector, api = running
     merged = settle(collector, api, unique)
     cid, (alias,) = merged["customer_id"], merged["aliases"]
-    answer = httpx.post(f"{api}/v1/customers/{cid}/unmerge",
+    answer = http.post(f"{api}/v1/customers/{cid}/unmerge",
                         json={"alias": alias, "reason": "a shared kiosk", "operator": "ops@example.com"})
     assert answer.status_code == 202, answer.text
     unmerge = answer.json()
@@ -106,7 +106,7 @@ def test_an_operator_unmerges_a_wrong_merge_and_each_side_gets_its_own_events_ba
                                                                      f"account_id:acct-{unique}"]
 
     def lookup(kind: str, value: str) -> dict | None:
-        items = httpx.get(f"{api}/v1/customers", params={kind: value}).json()["items"]
+        items = http.get(f"{api}/v1/customers", params={kind: value}).json()["items"]
         return items[0] if items else None
 
     wait_for(lambda: (lookup("account_id", f"acct-{unique}") or {}).get("customer_id") == alias, 60, "the split")
@@ -116,22 +116,22 @@ def test_an_operator_unmerges_a_wrong_merge_and_each_side_gets_its_own_events_ba
     assert (cookie_side["event_count"], account_side["event_count"]) == (2, 4)
     assert account_side["orders"]["count"] == 2 and cookie_side["orders"]["count"] == 0
     assert account_side["identities"] == {"account_id": [f"acct-{unique}"]}
-    assert httpx.get(f"{api}/v1/customers/{alias}").json()["customer_id"] == alias  # an id of its own again
-    history = httpx.get(f"{api}/v1/customers/{cid}/merges").json()["items"]
+    assert http.get(f"{api}/v1/customers/{alias}").json()["customer_id"] == alias  # an id of its own again
+    history = http.get(f"{api}/v1/customers/{cid}/merges").json()["items"]
     assert [(m["kind"], m["survivor"], m["alias"], m["current"]) for m in history] == [
         ("merged", cid, alias, False), ("unmerged", alias, cid, True)]
     assert history[1]["event_id"] == unmerge["event_id"] and history[1]["rule"] == "explicit identity.unlinked"
-    timeline = httpx.get(f"{api}/v1/customers/{cid}/timeline").json()["items"]
+    timeline = http.get(f"{api}/v1/customers/{cid}/timeline").json()["items"]
     assert [i["type"] for i in timeline] == ["web.page_viewed", "identity.unlinked"]
     assert timeline[1]["data"]["operator"] == "ops@example.com"
 
-    again = httpx.post(f"{api}/v1/customers/{cid}/unmerge", json={"alias": alias, "reason": "twice"})
+    again = http.post(f"{api}/v1/customers/{cid}/unmerge", json={"alias": alias, "reason": "twice"})
     assert again.status_code == 409 and "not merged into" in again.json()["error"]
-    both = httpx.post(f"{api}/v1/customers/{cid}/unmerge",
+    both = http.post(f"{api}/v1/customers/{cid}/unmerge",
                       json={"alias": alias, "identifier": {"kind": "email", "value": "a@x.com"}, "reason": "x"})
     assert both.status_code == 422
-    stranger = httpx.post(f"{api}/v1/customers/{cid}/unmerge",
+    stranger = http.post(f"{api}/v1/customers/{cid}/unmerge",
                           json={"identifier": {"kind": "email", "value": f"nobody.{unique}@x.com"}, "reason": "x"})
     assert stranger.status_code == 409
-    assert httpx.post(f"{api}/v1/customers/c_nobody{unique}/unmerge",
+    assert http.post(f"{api}/v1/customers/c_nobody{unique}/unmerge",
                       json={"alias": alias, "reason": "x"}).status_code == 404

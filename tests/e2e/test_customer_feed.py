@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-import httpx
-
 from examples.downstream_consumer import CustomerMirror
 from services.common.topics import CUSTOMER_CHANGES, CUSTOMER_STATE
+from tests import http
 from tests.feed import outbox_empty, read_topic, stored_states
 from tests.processes import wait_for
 
@@ -32,12 +31,12 @@ class Shop:
         for e in events:
             self.n += 1
             batch.append({"id": f"{self.u}-{self.n}", "source": "urn:test:feed", **e})
-        r = httpx.post(f"{self.collector}/v1/events", json=batch)
+        r = http.post(f"{self.collector}/v1/events", json=batch)
         assert r.status_code == 202, r.text
 
     def customer(self, email: str) -> str:
         def found():
-            items = httpx.get(f"{self.api}/v1/customers", params={"email": email}).json()["items"]
+            items = http.get(f"{self.api}/v1/customers", params={"email": email}).json()["items"]
             return items[0]["customer_id"] if items else None
         return wait_for(found, 60, f"customer {email}")
 
@@ -115,7 +114,7 @@ def test_lifecycle_segments_and_merges_reach_a_mirror_started_at_any_time(platfo
                "data": {"call_id": f"c-{unique}", "phone_number": b_phone, "queue": "sales"}})
     a = shop.customer(a_email)
     shop.settled(a, 1)
-    b = wait_for(lambda: httpx.get(f"{api}/v1/customers", params={"phone": b_phone}).json()["items"], 60,
+    b = wait_for(lambda: http.get(f"{api}/v1/customers", params={"phone": b_phone}).json()["items"], 60,
                  "the caller")[0]["customer_id"]
     assert a != b
     shop.post({"type": "profile.updated", "time": at(timedelta(hours=-3)),
@@ -179,15 +178,15 @@ def test_customer_state_is_served_by_the_api(platform, unique):
     cid = shop.customer(email)
     wait_for(lambda: stored_states(platform.dsn, [cid]).get(cid, {}).get("snapshot", {}).get("segments")
              == ["email_marketing", "high_value"], 60, "both segments")
-    state = httpx.get(f"{api}/v1/customers/{cid}/state")
+    state = http.get(f"{api}/v1/customers/{cid}/state")
     assert state.status_code == 200, state.text
     body = state.json()
     assert body["lifecycle"]["stage"] == "customer" and body["value"]["tier"] == "high"
-    listed = httpx.get(f"{api}/v1/customers", params={"segment": "high_value", "lifecycle": "customer"}).json()
+    listed = http.get(f"{api}/v1/customers", params={"segment": "high_value", "lifecycle": "customer"}).json()
     assert cid in [c["customer_id"] for c in listed["items"]]
-    assert httpx.get(f"{api}/v1/customers", params={"segment": "no_such"}).status_code == 400
-    assert httpx.get(f"{api}/v1/customers", params={"lifecycle": "vip"}).status_code == 400
-    segments = httpx.get(f"{api}/v1/segments").json()
+    assert http.get(f"{api}/v1/customers", params={"segment": "no_such"}).status_code == 400
+    assert http.get(f"{api}/v1/customers", params={"lifecycle": "vip"}).status_code == 400
+    segments = http.get(f"{api}/v1/segments").json()
     high = next(s for s in segments["items"] if s["name"] == "high_value")
     assert high["label"]["zh"] == "优质客户" and high["customers"] >= 1
-    assert httpx.get(f"{api}/v1/customers/nobody-{unique}/state").status_code == 404
+    assert http.get(f"{api}/v1/customers/nobody-{unique}/state").status_code == 404

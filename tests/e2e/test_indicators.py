@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import httpx
 import orjson
 import pytest
 from kafka import KafkaConsumer
 
 from services.common.topics import INDICATORS
+from tests import http
 from tests.processes import wait_for
 from tests.sse import SseReader
 
@@ -57,7 +57,7 @@ def _ticket(u: str, now: datetime) -> list[dict]:
 
 
 def _get(api: str, **params) -> dict:
-    response = httpx.get(f"{api}/v1/indicators", params=params)
+    response = http.get(f"{api}/v1/indicators", params=params)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -72,7 +72,7 @@ def test_indicators_by_queue_and_agent_through_the_api_and_the_live_stream(runni
     now = datetime.now(timezone.utc)
     q, agent = f"q-{unique}", f"agent-{unique}"
     with SseReader(f"{api}/v1/stream/indicators", {"queue": q}) as stream:
-        httpx.post(f"{collector}/v1/events", json=_calls(unique, now) + _ticket(unique, now)).raise_for_status()
+        http.post(f"{collector}/v1/events", json=_calls(unique, now) + _ticket(unique, now)).raise_for_status()
         _, _, update = stream.wait_for(lambda ev, d: ev == "indicator" and d["indicator"] == "abandonment_rate"
                                        and d["window"] == "1h" and d["count"] == 4, 60, "the queue's abandonment")
         assert update["value"] == 25.0 and update["member"] == q
@@ -95,7 +95,7 @@ def test_indicators_by_queue_and_agent_through_the_api_and_the_live_stream(runni
     members = {i["member"] for i in _get(api, dimension="queue", window="5m")["items"]}
     assert q in members
     # the per-minute series for charts: every minute present, this one's samples counted
-    series = httpx.get(f"{api}/v1/indicators/series", params={"queue": q, "indicator": "abandonment_rate"}).json()
+    series = http.get(f"{api}/v1/indicators/series", params={"queue": q, "indicator": "abandonment_rate"}).json()
     assert len(series["points"]) == 60
     assert sum(p["counts"]["abandonment_rate"] for p in series["points"]) == 4
 
@@ -106,20 +106,20 @@ def test_bad_requests_say_what_is_wrong(running):
                             ({"window": "2h"}, "unknown window 2h"),
                             ({"channel": "phone", "agent": "x"}, "one dimension at a time"),
                             ({"dimension": "queue", "agent": "x"}, "contradicts")):
-        response = httpx.get(f"{api}/v1/indicators", params=params)
+        response = http.get(f"{api}/v1/indicators", params=params)
         assert response.status_code == 400 and message in response.json()["error"], response.text
-    response = httpx.get(f"{api}/v1/indicators/series", params={"start": "2026-01-01T00:00:00Z",
+    response = http.get(f"{api}/v1/indicators/series", params={"start": "2026-01-01T00:00:00Z",
                                                                 "end": "2026-02-01T00:00:00Z"})
     assert response.status_code == 400 and "7 days" in response.json()["error"]
-    assert httpx.get(f"{api}/v1/indicators", params={"dimension": "planet"}).status_code == 422
+    assert http.get(f"{api}/v1/indicators", params={"dimension": "planet"}).status_code == 422
 
 
 def test_the_dashboard_page_follows_the_live_stream_in_both_languages(running):
     _, api = running
-    page = httpx.get(f"{api}/", follow_redirects=True)
+    page = http.get(f"{api}/", follow_redirects=True)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/v1/stream/indicators" in page.text and "实时满意度指标" in page.text
-    names = {d["name"]: d for d in httpx.get(f"{api}/v1/indicators/definitions").json()}
+    names = {d["name"]: d for d in http.get(f"{api}/v1/indicators/definitions").json()}
     assert names["csat"]["zh"] == "客户满意度" and names["average_wait"]["better"] == "lower"
 
 
@@ -128,7 +128,7 @@ def test_a_late_event_lands_in_the_longer_windows_and_the_history(running, uniqu
     now = datetime.now(timezone.utc)
     q = f"q-{unique}"
     two_hours_ago = now - timedelta(hours=2)
-    httpx.post(f"{collector}/v1/events", json={
+    http.post(f"{collector}/v1/events", json={
         "id": f"{unique}-late", "source": "urn:cti", "type": "call.abandoned", "time": _iso(two_hours_ago),
         "data": {"phone_number": "+8613900000001", "call_id": f"{unique}-late", "queue": q, "wait_seconds": 40}}
     ).raise_for_status()
@@ -136,7 +136,7 @@ def test_a_late_event_lands_in_the_longer_windows_and_the_history(running, uniqu
                     _value(b, "24h", "abandonment_rate") is not None and b, 60, "the late call")
     assert _value(body, "5m", "abandonment_rate") is None and _value(body, "1h", "abandonment_rate") is None
     assert _value(body, "24h", "abandonment_rate") == 100.0 and _value(body, "7d", "abandonment_rate") == 100.0
-    series = httpx.get(f"{api}/v1/indicators/series", params={
+    series = http.get(f"{api}/v1/indicators/series", params={
         "queue": q, "indicator": "abandonment_rate", "start": _iso(two_hours_ago - timedelta(minutes=5)),
         "end": _iso(now)}).json()
     point = next(p for p in series["points"] if p["counts"]["abandonment_rate"])
@@ -152,11 +152,11 @@ def test_with_a_short_lateness_a_late_event_is_history_only(platform, unique):
     events = [{"id": f"{unique}-{n}", "source": "urn:cti", "type": "call.abandoned", "time": _iso(at),
                "data": {"phone_number": "+8613900000002", "call_id": f"{unique}-{n}", "queue": q, "wait_seconds": 5}}
               for n, at in enumerate([now - timedelta(hours=3), now - timedelta(seconds=5)])]
-    httpx.post(f"{collector}/v1/events", json=events).raise_for_status()
+    http.post(f"{collector}/v1/events", json=events).raise_for_status()
     body = wait_for(lambda: (b := _get(api, queue=q, indicator="abandonment_rate"))["items"] and
                     b["items"][0]["indicators"]["abandonment_rate"]["count"] == 1 and b, 60, "the on-time call")
     assert all(i["indicators"]["abandonment_rate"]["count"] == 1 for i in body["items"])  # 3 h late: not in 24h/7d
-    series = wait_for(lambda: (s := httpx.get(f"{api}/v1/indicators/series", params={
+    series = wait_for(lambda: (s := http.get(f"{api}/v1/indicators/series", params={
         "queue": q, "indicator": "abandonment_rate", "start": _iso(now - timedelta(hours=4)), "end": _iso(now)}
     ).json()) and any(p["late"] for p in s["points"]) and s, 30, "the late call in the history")
     late = [p for p in series["points"] if p["late"]]
@@ -172,7 +172,7 @@ def test_a_threshold_alert_is_published_and_streamed(platform, stack, unique):
     _, api = platform.api()
     now = datetime.now(timezone.utc)
     with SseReader(f"{api}/v1/stream/indicators", {"queue": q}) as stream:
-        httpx.post(f"{collector}/v1/events", json=[
+        http.post(f"{collector}/v1/events", json=[
             {"id": f"{unique}-{n}", "source": "urn:cti", "type": "call.abandoned", "time": _iso(now),
              "data": {"phone_number": "+8613900000003", "call_id": f"{unique}-{n}", "queue": q, "wait_seconds": 50}}
             for n in range(2)]).raise_for_status()
@@ -189,14 +189,14 @@ def test_a_slipping_customer_is_flagged_at_risk_with_the_reason(running, unique)
     collector, api = running
     email = f"risk-{unique}@example.com"
     now = datetime.now(timezone.utc)
-    httpx.post(f"{collector}/v1/events", json=[
+    http.post(f"{collector}/v1/events", json=[
         {"id": f"{unique}-1", "source": "urn:survey", "type": "survey.answered", "time": _iso(now),
          "data": {"email": email, "survey_id": f"s-{unique}", "csat": 1, "nps": 2, "comment": "太差了，非常失望"}},
     ]).raise_for_status()
-    found = wait_for(lambda: httpx.get(f"{api}/v1/customers", params={"email": email}).json()["items"], 60, "the view")
+    found = wait_for(lambda: http.get(f"{api}/v1/customers", params={"email": email}).json()["items"], 60, "the view")
     sat = found[0]["satisfaction"]
     assert sat["at_risk"] is True
     assert {r["code"] for r in sat["reasons"]} == {"low_csat", "detractor", "negative_sentiment"}
     assert sat["index"] < 20
-    listed = httpx.get(f"{api}/v1/customers", params={"at_risk": "true", "limit": 100}).json()["items"]
+    listed = http.get(f"{api}/v1/customers", params={"at_risk": "true", "limit": 100}).json()["items"]
     assert found[0]["customer_id"] in [c["customer_id"] for c in listed]

@@ -1,8 +1,7 @@
 """End to end, as a user: post a journey to the collector, then read the customer from the query API."""
 from __future__ import annotations
 
-import httpx
-
+from tests import http
 from tests.processes import wait_for
 
 
@@ -35,12 +34,12 @@ def test_a_journey_across_four_identifiers_is_one_customer_with_a_complete_timel
     collector, api = running
     events, ids = journey(unique)
     digits = f"{int(unique, 16) % 10**8:08d}"
-    r = httpx.post(f"{collector}/v1/events", json=events)
+    r = http.post(f"{collector}/v1/events", json=events)
     assert r.status_code == 202, r.text
     assert sorted(r.json()["accepted"]) == sorted(e["id"] for e in events)
 
     def found_by(kind: str, value: str) -> list[dict]:
-        resp = httpx.get(f"{api}/v1/customers", params={kind: value})
+        resp = http.get(f"{api}/v1/customers", params={kind: value})
         assert resp.status_code == 200, resp.text
         return resp.json()["items"]
 
@@ -50,13 +49,13 @@ def test_a_journey_across_four_identifiers_is_one_customer_with_a_complete_timel
     customer_id = customers["email"][0]["customer_id"]
     assert {found[0]["customer_id"] for found in customers.values()} == {customer_id}
 
-    view = httpx.get(f"{api}/v1/customers/{customer_id}").json()
+    view = http.get(f"{api}/v1/customers/{customer_id}").json()
     assert view["identities"] == {"account_id": [f"acct-{unique}"], "anonymous_id": [f"ck-{unique}"],
                                   "email": [f"li.na.{unique}@163.com"], "phone": [f"+86139{digits}"]}
     assert view["orders"]["count"] == 1 and view["orders"]["revenue"] == {"CNY": "3999"}
     assert view["contacts"] == {"web": 2, "shop": 1, "phone": 1, "email": 1}
 
-    timeline = httpx.get(f"{api}/v1/customers/{customer_id}/timeline").json()
+    timeline = http.get(f"{api}/v1/customers/{customer_id}/timeline").json()
     assert [i["event_id"] for i in timeline["items"]] == [f"{unique}-{n}" for n in (1, 2, 3, 4, 5)]
     assert timeline["next_cursor"] is None
     assert timeline["items"][2]["summary"] == f"Order o-{unique} placed: 3999.00 CNY"
@@ -65,12 +64,12 @@ def test_a_journey_across_four_identifiers_is_one_customer_with_a_complete_timel
 def test_timeline_pages_with_a_cursor_and_aliases_answer(running, unique):
     collector, api = running
     events, ids = journey(unique)
-    httpx.post(f"{collector}/v1/events", json=events).raise_for_status()
-    customer = wait_for(lambda: (c := httpx.get(f"{api}/v1/customers", params={"account_id": ids["account_id"]})
+    http.post(f"{collector}/v1/events", json=events).raise_for_status()
+    customer = wait_for(lambda: (c := http.get(f"{api}/v1/customers", params={"account_id": ids["account_id"]})
                                  .json()["items"]) and c[0]["event_count"] == 5 and c[0], 60, "all five applied")
     pages, cursor = [], None
     while True:
-        resp = httpx.get(f"{api}/v1/customers/{customer['customer_id']}/timeline",
+        resp = http.get(f"{api}/v1/customers/{customer['customer_id']}/timeline",
                          params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
         pages.append([i["event_id"] for i in resp["items"]])
         cursor = resp["next_cursor"]
@@ -80,22 +79,22 @@ def test_timeline_pages_with_a_cursor_and_aliases_answer(running, unique):
     # the web visit came first, so a customer was created for the cookie and the account joined it;
     # every id the platform ever handed out for this person still answers
     for alias in customer["aliases"]:
-        assert httpx.get(f"{api}/v1/customers/{alias}").json()["customer_id"] == customer["customer_id"]
+        assert http.get(f"{api}/v1/customers/{alias}").json()["customer_id"] == customer["customer_id"]
 
 
 def test_clear_errors_for_unknown_customers_and_bad_queries(running):
     _, api = running
-    r = httpx.get(f"{api}/v1/customers/c_doesnotexist")
+    r = http.get(f"{api}/v1/customers/c_doesnotexist")
     assert r.status_code == 404 and "c_doesnotexist" in r.json()["error"]
-    r = httpx.get(f"{api}/v1/customers", params={"phone": "12"})
+    r = http.get(f"{api}/v1/customers", params={"phone": "12"})
     assert r.status_code == 400 and "phone" in r.json()["error"]
-    r = httpx.get(f"{api}/v1/customers")
+    r = http.get(f"{api}/v1/customers")
     assert r.status_code == 400
-    r = httpx.get(f"{api}/v1/customers/c_x/timeline", params={"cursor": "!!!"})
+    r = http.get(f"{api}/v1/customers/c_x/timeline", params={"cursor": "!!!"})
     assert r.status_code in (400, 404)
-    assert httpx.get(f"{api}/v1/customers/c_x/timeline", params={"limit": 0}).status_code == 422
-    assert "crm_api_requests_total" in httpx.get(f"{api}/metrics").text
-    assert httpx.get(f"{api}/openapi.json").json()["info"]["title"] == "CRM query API"
+    assert http.get(f"{api}/v1/customers/c_x/timeline", params={"limit": 0}).status_code == 422
+    assert "crm_api_requests_total" in http.get(f"{api}/metrics").text
+    assert http.get(f"{api}/openapi.json").json()["info"]["title"] == "CRM query API"
 
 
 def test_many_concurrent_lookups_all_answer(running, unique):
@@ -104,11 +103,11 @@ def test_many_concurrent_lookups_all_answer(running, unique):
 
     collector, api = running
     events, ids = journey(unique)
-    httpx.post(f"{collector}/v1/events", json=events).raise_for_status()
-    wait_for(lambda: httpx.get(f"{api}/v1/customers", params={"email": ids["email"]}).json()["items"], 60, "view")
+    http.post(f"{collector}/v1/events", json=events).raise_for_status()
+    wait_for(lambda: http.get(f"{api}/v1/customers", params={"email": ids["email"]}).json()["items"], 60, "view")
 
     async def burst() -> list[int]:
-        async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        async with http.AsyncClient(base_url=api, timeout=30) as client:
             replies = await asyncio.gather(*(client.get("/v1/customers", params={"email": ids["email"]})
                                              for _ in range(60)))
         return [r.status_code for r in replies]

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import orjson
 import psycopg2
 import pytest
@@ -19,6 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from events.feed import change_event
 from services.common.topics import CUSTOMER_CHANGES, DEADLETTER
 from services.webhooks.verify import WebhookVerificationError, new_secret, verify
+from tests import http
 from tests.processes import wait_for
 
 FAST = {"CRM_WEBHOOKS_RETRY_SCHEDULE_S": "[0.2, 0.4, 0.8]", "CRM_WEBHOOKS_POLL_S": "0.1",
@@ -134,7 +134,7 @@ def produce(bootstrap: str, changes: list[dict]) -> dict[str, bytes]:
 
 
 def subscribe(api: str, url: str, **fields) -> dict:
-    resp = httpx.post(f"{api}/v1/webhooks", json={"url": url, **fields})
+    resp = http.post(f"{api}/v1/webhooks", json={"url": url, **fields})
     assert resp.status_code == 201, resp.text
     return resp.json()
 
@@ -142,7 +142,7 @@ def subscribe(api: str, url: str, **fields) -> dict:
 def deliveries(api: str, subscription_id: str, **params) -> list[dict]:
     items, cursor = [], None
     while True:
-        page = httpx.get(f"{api}/v1/webhooks/{subscription_id}/deliveries",
+        page = http.get(f"{api}/v1/webhooks/{subscription_id}/deliveries",
                          params={**params, "limit": 100, **({"cursor": cursor} if cursor else {})}).json()
         items += page["items"]
         cursor = page["next_cursor"]
@@ -151,7 +151,7 @@ def deliveries(api: str, subscription_id: str, **params) -> list[dict]:
 
 
 def delivery(api: str, subscription_id: str, delivery_id: int) -> dict:
-    resp = httpx.get(f"{api}/v1/webhooks/{subscription_id}/deliveries/{delivery_id}")
+    resp = http.get(f"{api}/v1/webhooks/{subscription_id}/deliveries/{delivery_id}")
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -167,7 +167,7 @@ def test_a_change_is_delivered_signed_and_logged(platform, api, receiver, unique
     sub = subscribe(api, receiver.url("/hooks"), description="marketing automation")
     secret = sub.pop("secret")
     assert secret.startswith("whsec_") and sub["event_types"] is None and sub["enabled"] is True
-    assert "secret" not in httpx.get(f"{api}/v1/webhooks/{sub['id']}").json()
+    assert "secret" not in http.get(f"{api}/v1/webhooks/{sub['id']}").json()
     dispatcher = platform.webhooks(**FAST)
     customer = f"c_{unique}"
     changes = [change_event(customer, 1, "lifecycle.changed", "2026-11-01T10:00:00Z",
@@ -196,15 +196,15 @@ def test_a_change_is_delivered_signed_and_logged(platform, api, receiver, unique
     (attempt,) = detail["attempts"]
     assert attempt["status_code"] == 200 and attempt["error"] is None and attempt["response"] == "ok"
     assert attempt["duration_ms"] > 0
-    page = httpx.get(f"{api}/v1/webhooks/{sub['id']}/deliveries", params={"limit": 1}).json()
+    page = http.get(f"{api}/v1/webhooks/{sub['id']}/deliveries", params={"limit": 1}).json()
     assert len(page["items"]) == 1 and page["next_cursor"]
-    rest = httpx.get(f"{api}/v1/webhooks/{sub['id']}/deliveries", params={"cursor": page["next_cursor"]}).json()
+    rest = http.get(f"{api}/v1/webhooks/{sub['id']}/deliveries", params={"cursor": page["next_cursor"]}).json()
     assert [d["id"] for d in rest["items"]] == [log[1]["id"]] and rest["next_cursor"] is None
     assert deliveries(api, sub["id"], status="failed") == []
 
-    health = httpx.get(dispatcher.health_url).json()
+    health = http.get(dispatcher.health_url).json()
     assert health["database"] == "ok" and health["service"] == "crm-webhooks"
-    metrics = httpx.get(dispatcher.health_url.replace("/healthz", "/metrics")).text
+    metrics = http.get(dispatcher.health_url.replace("/healthz", "/metrics")).text
     assert 'crm_webhooks_attempts_total{outcome="delivered"} 2.0' in metrics
 
 
@@ -310,19 +310,19 @@ def test_a_delivery_failed_for_good_is_retried_by_hand_timeouts_are_logged_and_4
 
     failed = wait_for(lambda: only_delivery(api, down["id"], "failed"), 30, "the delivery to fail for good")
     assert failed["attempt_count"] == 3 and failed["last_error"] == "HTTP 500" and failed["next_attempt_at"] is None
-    resp = httpx.post(f"{api}/v1/webhooks/{down['id']}/deliveries/{failed['id']}/retry")
+    resp = http.post(f"{api}/v1/webhooks/{down['id']}/deliveries/{failed['id']}/retry")
     assert resp.status_code == 202 and resp.json()["status"] == "pending"
     done = wait_for(lambda: only_delivery(api, down["id"], "delivered"), 30, "the retried delivery")
     assert [a["status_code"] for a in delivery(api, down["id"], done["id"])["attempts"]] == [500, 500, 500, 200]
-    again = httpx.post(f"{api}/v1/webhooks/{down['id']}/deliveries/{done['id']}/retry")
+    again = http.post(f"{api}/v1/webhooks/{down['id']}/deliveries/{done['id']}/retry")
     assert again.status_code == 409 and "only failed or cancelled" in again.json()["error"]
 
-    disabled = wait_for(lambda: not (s := httpx.get(f"{api}/v1/webhooks/{gone['id']}").json())["enabled"] and s,
+    disabled = wait_for(lambda: not (s := http.get(f"{api}/v1/webhooks/{gone['id']}").json())["enabled"] and s,
                         30, "410 Gone to disable the subscription")
     assert "410 Gone" in disabled["disabled_reason"]
     lost = only_delivery(api, gone["id"], "failed")
     assert lost["attempt_count"] == 1 and lost["last_status_code"] == 410
-    refused = httpx.post(f"{api}/v1/webhooks/{gone['id']}/deliveries/{lost['id']}/retry")
+    refused = http.post(f"{api}/v1/webhooks/{gone['id']}/deliveries/{lost['id']}/retry")
     assert refused.status_code == 409 and "disabled" in refused.json()["error"]
 
     slow_done = wait_for(lambda: only_delivery(api, slow["id"], "delivered"), 30, "the slow endpoint's delivery")
@@ -355,7 +355,7 @@ def test_kill_9_and_two_dispatchers_neither_lose_nor_duplicate_deliveries(platfo
     sub = subscribe(api, receiver.url("/mirror"))
     env = {**FAST, "CRM_WEBHOOKS_PER_SUBSCRIPTION": "4"}
     first, second = platform.webhooks(**env), platform.webhooks(**env)
-    wait_for(lambda: all(httpx.get(s.health_url).json()["consumer"]["partitions"] for s in (first, second)), 30,
+    wait_for(lambda: all(http.get(s.health_url).json()["consumer"]["partitions"] for s in (first, second)), 30,
              "the two dispatchers to share the partitions")
     c = f"c_{unique}"
     before = [value_changed(f"{c}-{n % 8}", n) for n in range(1, 61)]
@@ -389,20 +389,20 @@ def test_subscriptions_are_managed_through_the_api_and_bad_input_gets_4xx(api, u
                     segments=["vip"], description="ERP")
     assert sub["event_types"] == ["lifecycle.changed", "value.changed"] and sub["segments"] == ["vip"]
     sid = sub["id"]
-    assert [s["id"] for s in httpx.get(f"{api}/v1/webhooks").json()["items"]] == [sid]
+    assert [s["id"] for s in http.get(f"{api}/v1/webhooks").json()["items"]] == [sid]
 
-    patched = httpx.patch(f"{api}/v1/webhooks/{sid}", json={"segments": None, "enabled": False})
+    patched = http.patch(f"{api}/v1/webhooks/{sid}", json={"segments": None, "enabled": False})
     assert patched.status_code == 200, patched.text
     assert patched.json()["segments"] is None and patched.json()["enabled"] is False
     assert patched.json()["event_types"] == ["lifecycle.changed", "value.changed"] and patched.json()["url"] == url
 
-    rotated = httpx.post(f"{api}/v1/webhooks/{sid}/rotate-secret")
+    rotated = http.post(f"{api}/v1/webhooks/{sid}/rotate-secret")
     assert rotated.status_code == 200 and rotated.json()["secret"].startswith("whsec_")
     assert rotated.json()["secret"] != sub["secret"]
-    assert httpx.post(f"{api}/v1/webhooks/{sid}/rotate-secret", json={"previous_valid_s": 0}).status_code == 200
+    assert http.post(f"{api}/v1/webhooks/{sid}/rotate-secret", json={"previous_valid_s": 0}).status_code == 200
 
     def refused(method: str, path: str, status: int, needle: str, **kwargs) -> None:
-        resp = httpx.request(method, f"{api}{path}", **kwargs)
+        resp = http.request(method, f"{api}{path}", **kwargs)
         assert resp.status_code == status, (path, kwargs, resp.text)
         assert needle in resp.text, (needle, resp.text)
         assert "error" in resp.json()
@@ -428,6 +428,6 @@ def test_subscriptions_are_managed_through_the_api_and_bad_input_gets_4xx(api, u
     refused("GET", f"/v1/webhooks/{sid}/deliveries/12345", 404, "no delivery 12345")
     refused("POST", f"/v1/webhooks/{sid}/deliveries/12345/retry", 404, "no delivery 12345")
 
-    assert httpx.delete(f"{api}/v1/webhooks/{sid}").status_code == 204
+    assert http.delete(f"{api}/v1/webhooks/{sid}").status_code == 204
     refused("DELETE", f"/v1/webhooks/{sid}", 404, "no webhook subscription")
-    assert httpx.get(f"{api}/v1/webhooks").json()["items"] == []
+    assert http.get(f"{api}/v1/webhooks").json()["items"] == []

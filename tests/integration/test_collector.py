@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import orjson
-import httpx
 from kafka import KafkaConsumer, TopicPartition
 
+from events.pii import PSEUDONYM
+
 from services.common.topics import TOUCHPOINTS
+from tests import http
 from tests.processes import free_port
 
 
@@ -34,21 +36,24 @@ def _id(value: bytes | None) -> str | None:
 
 def test_accepted_event_is_on_the_topic_keyed_by_its_primary_identifier(platform, unique):
     _, url = platform.collector()
-    r = httpx.post(f"{url}/v1/events", json=call(unique))
+    r = http.post(f"{url}/v1/events", json=call(unique))
     assert r.status_code == 202, r.text
     assert r.json() == {"accepted": [f"{unique}-1"], "rejected": []}
     found = records_with_id(platform.stack.kafka_bootstrap, f"{unique}-1")
     assert len(found) == 1
-    assert found[0].key == b"phone:+8613800138000"
+    # keyed by the phone's pseudonym (personal data is sealed before Kafka: events.pii)
+    kind, _, pseudonym = found[0].key.decode().partition(":")
+    assert kind == "phone" and PSEUDONYM.match(pseudonym)
     value = orjson.loads(found[0].value)
     assert value["dataschema"] == "urn:crm:schema:call.ended:1" and value["channel"] == "phone"
+    assert value["data"]["phone_number"] == pseudonym and b"13800138000" not in found[0].value
 
 
 def test_a_batch_with_bad_events_delivers_the_good_ones_and_says_what_is_wrong(platform, unique):
     _, url = platform.collector()
     bad_type = {**call(unique, 2), "type": "call.teleported"}
     bad_field = call(unique, 3, talk_seconds=-5)
-    r = httpx.post(f"{url}/v1/events", json=[call(unique, 1), bad_type, bad_field])
+    r = http.post(f"{url}/v1/events", json=[call(unique, 1), bad_type, bad_field])
     assert r.status_code == 202
     body = r.json()
     assert body["accepted"] == [f"{unique}-1"]
@@ -59,33 +64,33 @@ def test_a_batch_with_bad_events_delivers_the_good_ones_and_says_what_is_wrong(p
 
 def test_nothing_valid_is_a_400_and_malformed_json_is_a_400(platform, unique):
     _, url = platform.collector()
-    r = httpx.post(f"{url}/v1/events", json=[{"id": "x"}])
+    r = http.post(f"{url}/v1/events", json=[{"id": "x"}])
     assert r.status_code == 400 and r.json()["rejected"][0]["errors"]
-    r = httpx.post(f"{url}/v1/events", content=b"{not json", headers={"content-type": "application/json"})
+    r = http.post(f"{url}/v1/events", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
 
 
 def test_size_limits_answer_413(platform, unique):
     _, url = platform.collector()
     big = call(unique, notes="x" * 40_000)
-    r = httpx.post(f"{url}/v1/events", json=big)
+    r = http.post(f"{url}/v1/events", json=big)
     assert r.status_code == 413 and "limit" in r.json()["error"]
-    r = httpx.post(f"{url}/v1/events", json=[call(unique, i, notes="y" * 15_000) for i in range(40)])
+    r = http.post(f"{url}/v1/events", json=[call(unique, i, notes="y" * 15_000) for i in range(40)])
     assert r.status_code == 413
 
 
 def test_unreachable_kafka_answers_503_with_retry_after(platform, unique):
     dead = f"127.0.0.1:{free_port()}"
     _, url = platform.collector(CRM_KAFKA_BOOTSTRAP=dead, CRM_KAFKA_ACK_TIMEOUT_S="2")
-    r = httpx.post(f"{url}/v1/events", json=call(unique), timeout=30)
+    r = http.post(f"{url}/v1/events", json=call(unique), timeout=30)
     assert r.status_code == 503
     assert r.headers["retry-after"] == "5"
     assert "retry" in r.json()["error"]
-    assert httpx.get(f"{url}/healthz").json()["kafka"] == "unavailable"
+    assert http.get(f"{url}/healthz").json()["kafka"] == "unavailable"
 
 
 def test_metrics_are_exposed(platform, unique):
     _, url = platform.collector()
-    httpx.post(f"{url}/v1/events", json=call(unique))
-    text = httpx.get(f"{url}/metrics").text
+    http.post(f"{url}/v1/events", json=call(unique))
+    text = http.get(f"{url}/metrics").text
     assert 'crm_ingest_events_accepted_total{type="call.ended"}' in text

@@ -17,12 +17,12 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import psycopg2
 import pytest
 
 from events.envelope import event_key
 from services.common.topics import CUSTOMER_EVENTS, TOUCHPOINTS
+from tests import http
 from tests.chaos import FAULTS, Chaos, journeys, json_lines, keys_on_log, read_log, start_at_log_end, stopping_lines
 from tests.conftest import TEST_HOME
 from tests.integration.test_exactly_once import applied, assert_equals_reference
@@ -125,18 +125,18 @@ def test_with_the_broker_down_the_collector_answers_503_and_writes_nothing(platf
     events = journeys(seed(unique), 1200)
     before, refused, after = events[:500], events[500:600], events[600:]
     for lo in range(0, len(before), 100):  # both producers connected, the partitions' leaders known
-        assert httpx.post(f"{(url, stopping_url)[lo // 100 % 2]}/v1/events", json=before[lo:lo + 100],
+        assert http.post(f"{(url, stopping_url)[lo // 100 % 2]}/v1/events", json=before[lo:lo + 100],
                           timeout=30).status_code == 202
 
     stack.script("kafka.sh", "stop")
     try:
-        r = httpx.post(f"{url}/v1/events", json=refused[:50], timeout=60)
+        r = http.post(f"{url}/v1/events", json=refused[:50], timeout=60)
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"] == "5" and "nothing was accepted" in r.json()["error"]
         # a request waiting for Kafka when its collector gets SIGTERM is answered before the collector exits
         answer: dict = {}
         pending = threading.Thread(target=lambda: answer.update(
-            r=httpx.post(f"{stopping_url}/v1/events", json=refused[50:], timeout=60)))
+            r=http.post(f"{stopping_url}/v1/events", json=refused[50:], timeout=60)))
         pending.start()
         time.sleep(1.0)  # the request is inside its 3 s wait for an acknowledgement
         assert stopping.stop(timeout=60) in CLEAN_EXITS, stopping.log_tail()
@@ -149,7 +149,7 @@ def test_with_the_broker_down_the_collector_answers_503_and_writes_nothing(platf
     accepted = list(before)
     for lo in range(0, len(after), 100):  # a channel re-sending after Retry-After until 2xx
         chunk = after[lo:lo + 100]
-        wait_for(lambda: httpx.post(f"{url}/v1/events", json=chunk, timeout=30).status_code == 202, 120,
+        wait_for(lambda: http.post(f"{url}/v1/events", json=chunk, timeout=30).status_code == 202, 120,
                  "the collector to accept again", interval=1.0)
         accepted += chunk
     assert_equals_reference(platform.dsn, accepted, timeout=300)

@@ -265,6 +265,7 @@ CHANGE_SAMPLES = {
     "profile.changed": {"changed": {"name": {"from": None, "to": "李娜"}}},
     "customer.merged": {"into": "cust-0", "identifiers": ["email:li.na@163.com"]},
     "customer.unmerged": {"from": "cust-0", "identifiers": ["phone:+8613912345678"]},
+    "customer.erased": {"erased_at": "2026-11-20T08:00:00Z", "event_id": "e-1", "subjects": 3},
 }
 
 
@@ -275,7 +276,7 @@ def test_snapshots_tombstones_and_changes_match_their_messages(doc, contract):
     assert set(CHANGE_SAMPLES) == set(CHANGE_TYPES), "give a sample of every change type"
     for change_type, sample in CHANGE_SAMPLES.items():
         data = CHANGE_TYPES[change_type].model_validate(sample).model_dump(mode="json", by_alias=True)
-        state = None if change_type == "customer.merged" else snapshot
+        state = None if change_type in ("customer.merged", "customer.erased") else snapshot
         ce = change_event("cust-1", 3, change_type, "2026-11-20T08:00:00Z", data, state)
         assert contract.messages(CUSTOMER_CHANGES, "cust-1", ce) == [f"change.{change_type}"], change_type
     ce = change_event("cust-1", 3, "segment.entered", "2026-11-20T08:00:00Z", {"segment": "new"},

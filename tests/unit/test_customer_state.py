@@ -39,6 +39,11 @@ def state(view: dict, at: timedelta, previous: dict | None = None) -> dict:
     return cs.derive(view, T0 + at, RULES, previous)
 
 
+def consent_ev(n: int, at: timedelta, granted: bool, channel: str = "email",
+               purpose: str = "marketing") -> CustomerEvent:
+    return ev(n, at, "consent.changed", {"purpose": purpose, "channel": channel, "granted": granted})
+
+
 # -- lifecycle ------------------------------------------------------------------------------------
 
 def test_a_visitor_is_a_prospect_until_repeated_product_views_show_intent():
@@ -138,7 +143,7 @@ def test_prospects_have_no_value_tier():
 
 
 def test_segments_with_event_windows_and_negative_conditions():
-    cart = view_of(page(1, timedelta(0), "/zh/cart"))
+    cart = view_of(page(1, timedelta(0), "/zh/cart"), consent_ev(9, timedelta(0), True))
     assert "cart_abandoners" in state(cart, DAY)["segments"]
     assert "cart_abandoners" not in state(cart, 4 * DAY)["segments"]  # the window passed
     bought = cv.apply(cart, order(2, DAY))
@@ -146,6 +151,117 @@ def test_segments_with_event_windows_and_negative_conditions():
     consent = view_of(ev(1, timedelta(0), "consent.changed", {"purpose": "marketing", "channel": "email",
                                                                "granted": True}))
     assert "email_marketing" in state(consent, DAY)["segments"]
+
+
+# -- consent --------------------------------------------------------------------------------------
+
+MARKETING = {s.name for s in RULES.segments if s.purpose == "marketing"}
+
+
+def interested(*more: CustomerEvent) -> dict:
+    """A visitor matching every marketing segment's conditions: a cart and two pricing views."""
+    return view_of(page(1, timedelta(0), "/zh/cart"), page(2, timedelta(hours=1), "/zh/pricing"),
+                   page(3, timedelta(hours=2), "/zh/pricing"), *more)
+
+
+def test_the_shipped_marketing_segments_declare_their_purpose():
+    assert MARKETING == {"cart_abandoners", "pricing_interest", "email_marketing"}
+    channels = {s.name: s.channel for s in RULES.segments}
+    assert channels["email_marketing"] == channels["cart_abandoners"] == "email"
+    assert channels["pricing_interest"] == "all"
+    assert all(s.purpose == "service" for s in RULES.segments if s.name not in MARKETING)
+
+
+def test_without_consent_a_customer_is_in_no_marketing_segment():
+    s = state(interested(), DAY)
+    assert MARKETING.isdisjoint(s["segments"]) and s["profile"]["consent"] == {}
+    # consent to something else, or a withdrawal, is no marketing consent either
+    for other in (consent_ev(9, timedelta(0), True, "all", "analytics"), consent_ev(9, timedelta(0), False),
+                  consent_ev(9, timedelta(0), True, "all", "service")):
+        assert MARKETING.isdisjoint(state(interested(other), DAY)["segments"]), other.data
+
+
+def test_consent_for_a_channel_admits_to_that_channels_segments_and_all_channels_to_every_one():
+    by_email = state(interested(consent_ev(9, timedelta(0), True, "email")), DAY)
+    assert MARKETING & set(by_email["segments"]) == {"cart_abandoners", "email_marketing"}
+    by_sms = state(interested(consent_ev(9, timedelta(0), True, "sms")), DAY)
+    assert MARKETING.isdisjoint(by_sms["segments"])  # neither email nor every channel
+    everywhere = state(interested(consent_ev(9, timedelta(0), True, "all")), DAY)
+    assert MARKETING <= set(everywhere["segments"])
+    # the purpose's own conditions still apply: the cart leaves the window after 3 days
+    assert "cart_abandoners" not in state(interested(consent_ev(9, timedelta(0), True, "all")), 4 * DAY)["segments"]
+
+
+def test_the_latest_consent_wins_and_a_withdrawal_makes_the_customer_leave():
+    granted = interested(consent_ev(9, timedelta(hours=3), True, "email"))
+    before = {**state(granted, DAY), "version": 1}
+    assert {"cart_abandoners", "email_marketing"} <= set(before["segments"])
+    # withdrawing every channel later overrides the earlier grant for email
+    withdrawn = cv.apply(granted, consent_ev(10, timedelta(hours=4), False, "all"))
+    after = {**state(withdrawn, DAY, before), "version": 2}
+    assert MARKETING.isdisjoint(after["segments"])
+    assert after["profile"]["consent"] == {"marketing:all": False, "marketing:email": False}
+    found = {(k, d) for k, d, _ in cs.changes(before, after)}
+    assert {("segment.exited", "cart_abandoners"), ("segment.exited", "email_marketing"),
+            ("profile.changed", "")} <= found
+    assert not any(k == "segment.entered" for k, _ in found)
+    # granting email again after that admits again (the later event wins)
+    again = cv.apply(withdrawn, consent_ev(11, timedelta(hours=5), True, "email"))
+    assert {"cart_abandoners", "email_marketing"} <= set(state(again, DAY)["segments"])
+    # ... and an older event arriving late changes nothing
+    late = cv.apply(again, consent_ev(12, timedelta(hours=1), False, "email"))
+    assert state(late, DAY) == state(again, DAY)
+
+
+def test_withdrawing_one_channel_after_granting_all_leaves_the_others():
+    v = interested(consent_ev(9, timedelta(0), True, "all"), consent_ev(10, timedelta(hours=3), False, "email"))
+    s = state(v, DAY)
+    assert s["profile"]["consent"] == {"marketing:all": True, "marketing:email": False}
+    assert MARKETING.isdisjoint(s["segments"])  # email withdrawn; pricing_interest needs every channel
+    assert cs.consented(s["profile"]["consent"], "marketing", "sms")
+    assert not cs.consented(s["profile"]["consent"], "marketing", "email")
+    assert cs.consented(s["profile"]["consent"], "marketing", None)  # on some channel
+    assert not cs.consented(s["profile"]["consent"], "marketing", "all")
+
+
+def test_service_segments_do_not_depend_on_consent():
+    v = view_of(*[order(i, i * 20 * DAY, "3000") for i in range(1, 11)])
+    withdrawn = cv.apply(v, consent_ev(20, 200 * DAY, False, "all"))
+    at = 200 * DAY + timedelta(hours=1)
+    assert {"high_value", "repeat_buyers"} <= set(state(withdrawn, at)["segments"])
+    assert state(withdrawn, at)["segments"] == state(v, at)["segments"]
+
+
+@pytest.mark.parametrize("consent, purpose, channel, expected", [
+    ({}, "marketing", "email", False),
+    ({}, "marketing", None, False),
+    ({}, "service", "email", True),  # serving the customer needs no consent
+    ({"marketing:email": True}, "marketing", "email", True),
+    ({"marketing:email": True}, "marketing", "sms", False),
+    ({"marketing:email": True}, "marketing", "all", False),
+    ({"marketing:email": True}, "marketing", None, True),
+    ({"marketing:email": True}, "analytics", None, False),
+    ({"marketing:all": True}, "marketing", "mail", True),
+    ({"marketing:all": True}, "marketing", "all", True),
+    ({"marketing:all": True, "marketing:web": False}, "marketing", "all", False),
+    ({"marketing:all": False, "marketing:email": True}, "marketing", "email", True),
+    ({"marketing:all": False, "marketing:email": True}, "marketing", "phone", False),
+    ({"marketing:all": False}, "marketing", None, False),
+])
+def test_consented_reads_the_published_consent(consent, purpose, channel, expected):
+    assert cs.consented(consent, purpose, channel) is expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(list(range(5))), st.integers(min_value=1, max_value=4))
+def test_consent_does_not_depend_on_event_order(order_of, cut):
+    events = [consent_ev(1, timedelta(0), True, "email"), consent_ev(2, DAY, False, "all"),
+              consent_ev(3, 2 * DAY, True, "all"), consent_ev(4, 3 * DAY, False, "sms"), page(5, 3 * DAY, "/zh/cart")]
+    shuffled = [events[i] for i in order_of]
+    whole = state(view_of(*events), 4 * DAY)
+    assert whole["profile"]["consent"] == {"marketing:all": True, "marketing:email": True, "marketing:sms": False}
+    assert "cart_abandoners" in whole["segments"] and "pricing_interest" not in whole["segments"]
+    assert state(cv.apply_all(view_of(*shuffled[:cut]), shuffled[cut:]), 4 * DAY) == whole
 
 
 # -- changes --------------------------------------------------------------------------------------
@@ -159,7 +275,7 @@ def test_a_new_customer_starts_with_a_lifecycle_change_and_its_profile():
 
 
 def test_changes_name_every_difference_once():
-    v = view_of(page(1, timedelta(0), "/zh/cart"))
+    v = view_of(page(1, timedelta(0), "/zh/cart"), consent_ev(9, timedelta(0), True))
     before = state(v, DAY)
     v2 = cv.apply_all(v, [order(2, 2 * DAY, "30000"), ev(3, 2 * DAY, "profile.updated", {"name": "Li Lei"}),
                           ev(4, 2 * DAY, "survey.answered", {"survey_id": "s", "csat": 1})])
@@ -211,6 +327,15 @@ def test_snapshot_and_changes_match_the_published_schemas():
     ({"segments": [{"name": "x", "when": {"any": []}}]}, "non-empty list"),
     ({"value": {"rfm": {"recency_days": [90, 30, 180, 365]}}}, "value.rfm.recency_days"),
     ({"lifecycles": []}, "unknown section"),
+    ({"segments": [{"name": "x", "purpose": "advertising", "when": {"field": "orders.count", "gte": 1}}]},
+     "segments[0].purpose: unknown purpose 'advertising'; one of marketing, analytics, service, profiling"),
+    ({"segments": [{"name": "x", "purpose": "marketing", "channel": "fax",
+                    "when": {"field": "orders.count", "gte": 1}}]},
+     "segments[0].channel: unknown channel 'fax'"),
+    ({"segments": [{"name": "x", "channel": "email", "when": {"field": "orders.count", "gte": 1}}]},
+     "segments[0].channel: the channel the consent must cover; it takes a purpose that needs consent"),
+    ({"segments": [{"name": "x", "audience": "marketing", "when": {"field": "orders.count", "gte": 1}}]},
+     "optionally label, description, purpose, channel"),
 ])
 def test_a_wrong_rules_file_is_refused_with_where_and_why(doc, message):
     with pytest.raises(cs.RulesError, match=pytest.importorskip("re").escape(message)):

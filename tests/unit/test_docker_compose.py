@@ -58,6 +58,7 @@ def _run_compose(tmp_path: Path, *args: str, password: str | None = "dummy-test-
     }
     if password is not None:
         env["POSTGRES_PASSWORD"] = password
+        env["CRM_MASTER_KEY"] = "dummy-master-key-for-config-only"
     empty_env_file = tmp_path / "empty.env"
     empty_env_file.write_text("")
     cmd = [

@@ -140,6 +140,43 @@ def test_both_filters_must_pass():
     assert not matches(flt, "value.changed", {"changed": ["ltv"], "state": state(segments=["vip"])})
 
 
+def consenting(consent: dict[str, bool], segments: list[str] | None = None) -> dict:
+    return {**state(segments=segments), "profile": {"display_name": None, "traits": {}, "consent": consent}}
+
+
+def test_a_marketing_subscription_gets_only_changes_of_customers_who_consent_to_marketing():
+    flt = Filter(purpose="marketing")
+    assert not matches(flt, "value.changed", {"changed": ["orders"], "state": consenting({})})
+    assert not matches(flt, "value.changed", {"changed": ["orders"], "state": state()})  # no profile at all
+    assert not matches(flt, "value.changed", {"changed": ["orders"], "state": consenting({"analytics:all": True})})
+    assert not matches(flt, "profile.changed", {"changed": {"consent:marketing:all": {"from": True, "to": False}},
+                                                "state": consenting({"marketing:all": False})})
+    assert matches(flt, "value.changed", {"changed": ["orders"], "state": consenting({"marketing:email": True})})
+    assert matches(flt, "value.changed", {"changed": ["orders"], "state": consenting({"marketing:all": True})})
+    # no snapshot, no consent: a merge is not sent; an erasure notice is sent to every purpose
+    assert not matches(flt, "customer.merged", {"into": "c_2", "state": None})
+    assert matches(flt, "customer.erased", {"erased_at": "2026-01-01T00:00:00Z", "state": None})
+    # service (the default) needs no consent
+    assert matches(Filter(purpose="service"), "value.changed", {"changed": ["orders"], "state": consenting({})})
+
+
+def test_a_segment_that_needs_consent_lets_changes_through_only_while_the_customer_consents():
+    gated = {"email_marketing": ("marketing", "email"), "pricing_interest": ("marketing", "all")}
+    flt = Filter(segments=frozenset({"email_marketing", "vip"}))
+    yes, no = {"marketing:email": True}, {"marketing:email": False}
+    assert matches(flt, "segment.entered", {"segment": "email_marketing",
+                                            "state": consenting(yes, ["email_marketing"])}, gated)
+    assert matches(flt, "value.changed", {"changed": ["ltv"], "state": consenting(yes, ["email_marketing"])}, gated)
+    # a withdrawal's exit is not sent, nor a stale snapshot listing the segment without consent
+    assert not matches(flt, "segment.exited", {"segment": "email_marketing", "state": consenting(no)}, gated)
+    assert not matches(flt, "value.changed", {"changed": ["ltv"], "state": consenting({}, ["email_marketing"])},
+                       gated)
+    # other segments of the filter are not concerned; without the rules nothing is gated
+    assert matches(flt, "value.changed", {"changed": ["ltv"], "state": consenting(no, ["email_marketing", "vip"])},
+                   gated)
+    assert matches(flt, "segment.exited", {"segment": "email_marketing", "state": consenting(no)})
+
+
 # -- retries --------------------------------------------------------------------------------------
 
 def test_the_default_schedule_retries_for_hours_then_gives_up():

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
 from events.envelope import InvalidEvent, validate
@@ -22,11 +22,18 @@ from services.api.deps import DatabaseDep, PublisherDep, SettingsDep, refuse_tim
 from services.api.schemas import (CustomerList, CustomerOut, Merge, Merges, Problem, Timeline, TimelineItem,
                                   UnmergeIn, UnmergeOut)
 from services.common.publisher import KafkaUnavailable
+from services.api.routes.privacy import VaultDep, pseudonym_keys
+from services.common.vault import Vault
 from services.common.timeline import EVENT_COLUMNS, to_event
+from services.api.deps import WriterDep
+from services.api.security import Admin, CustomersReader
+from services.common import audit
+from services.common.apikeys import CUSTOMERS_READ
+from services.common.auth import require
 from services.common.topics import TOUCHPOINTS
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/customers", tags=["customers"])
+router = APIRouter(prefix="/v1/customers", tags=["customers"], dependencies=[Depends(require(CUSTOMERS_READ))])
 
 NOT_FOUND = {404: {"model": Problem, "description": "no such customer"}}
 
@@ -110,7 +117,8 @@ def _load(cur, customer_id: str) -> CustomerOut | None:
     return view
 
 
-def _load_as_of(cur, customer_id: str, as_of: datetime, limits: dict[str, int]) -> CustomerOut | None:
+def _load_as_of(cur, customer_id: str, as_of: datetime, limits: dict[str, int], vault: Vault | None = None
+                ) -> CustomerOut | None:
     """The view as it stood at ``as_of``, identity included: the identity evidence of events up to
     then is resolved again (the resolver depends only on the set of evidence), and the touchpoints
     up to then whose home identifier belonged to the customer *then* are folded again."""
@@ -136,6 +144,8 @@ def _load_as_of(cur, customer_id: str, as_of: datetime, limits: dict[str, int]) 
     events = [to_event(row) for row in cur.fetchall()]
     if not events:
         return None
+    if vault is not None:  # sentiment reads the customer's words, opened in memory only
+        events = vault.open_events(cur, events)
     state = customer_view.apply_all(customer_view.empty(then_id), events)
     identities: dict[str, list[str]] = {}
     for key in keys:
@@ -166,7 +176,7 @@ def _out(state: dict[str, Any], updated_at: datetime, aliases: list[str], identi
 
 @router.get("", response_model=CustomerList, responses={400: {"model": Problem}})
 def find_customers(
-    db: DatabaseDep, settings: SettingsDep,
+    db: DatabaseDep, settings: SettingsDep, vault: VaultDep, caller: CustomersReader, writer: WriterDep,
     email: Annotated[str | None, Query(max_length=254)] = None,
     phone: Annotated[str | None, Query(max_length=64)] = None,
     account_id: Annotated[str | None, Query(max_length=200)] = None,
@@ -198,32 +208,39 @@ def find_customers(
         raise HTTPException(400, "search by identifier, by q, by at_risk or by state (lifecycle, segment, tier): "
                                  "one at a time")
     if q is not None:
-        return _search(db, q, limit, cursor)
+        return _search(db, vault, q, limit, cursor)
     if by_state:
         return _by_state(db, settings, by_state, limit, cursor)
     if at_risk is not None:
         if not at_risk:
             raise HTTPException(400, "at_risk lists the customers at risk: use at_risk=true")
         return _at_risk(db, limit, cursor)
-    keys = []
+    idents = []
     for kind, raw in given.items():
         try:
-            keys.append(normalize(kind, raw, settings.default_region).key)
+            idents.append(normalize(kind, raw, settings.default_region))
         except InvalidIdentifier as exc:
             raise HTTPException(400, f"{kind}: {exc}") from None
+    keys = pseudonym_keys(db, vault, idents)  # the read models know identifiers by their pseudonyms
     with db.cursor() as cur:
         cur.execute("SELECT DISTINCT customer_id FROM customer_view_identifier WHERE key = ANY(%s)", (keys,))
-        return CustomerList(items=_load_many(cur, [r[0] for r in cur.fetchall()]))
+        found = CustomerList(items=_load_many(cur, [r[0] for r in cur.fetchall()]))
+    with writer.transaction() as cur:  # audited: which kinds of identifier, never their values
+        for customer in found.items or [None]:
+            audit.record(cur, caller, "customer.find", customer.customer_id if customer else "",
+                         {"by": sorted(given), "found": len(found.items)})
+    return found
 
 
-def _search(db, q: str, limit: int, cursor: str | None) -> CustomerList:
-    term = " ".join(q.lower().split())
-    pattern = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+def _search(db, vault: Vault, q: str, limit: int, cursor: str | None) -> CustomerList:
+    """Names are stored as keyed digests of every prefix of every word (and of the whole name), up
+    to 40 characters (``view_stage._Batch.terms``): a prefix search is one exact lookup."""
+    term = " ".join(q.lower().split())[:40]
     after = cursor or ""
     with db.cursor() as cur:
         cur.execute("""SELECT DISTINCT customer_id FROM customer_view_search
-                       WHERE term LIKE %s AND customer_id > %s ORDER BY customer_id LIMIT %s""",
-                    (pattern, after, limit + 1))
+                       WHERE term = %s AND customer_id > %s ORDER BY customer_id LIMIT %s""",
+                    (vault.search_digest(term), after, limit + 1))
         ids = [r[0] for r in cur.fetchall()]
         items = _load_many(cur, ids[:limit])
     return CustomerList(items=items, next_cursor=ids[limit - 1] if len(ids) > limit else None)
@@ -276,8 +293,8 @@ def _decode_risk_cursor(cursor: str) -> tuple[float, str]:
 
 @router.get("/{customer_id}", response_model=CustomerOut, responses=NOT_FOUND)
 def get_customer(
-    customer_id: str, db: DatabaseDep, settings: SettingsDep,
-    as_of: Annotated[datetime | None, Query(description="RFC 3339 time: the view as it stood then, "
+    customer_id: str, db: DatabaseDep, settings: SettingsDep, caller: CustomersReader, writer: WriterDep,
+    vault: VaultDep, as_of: Annotated[datetime | None, Query(description="RFC 3339 time: the view as it stood then, "
                                                         "identity included")] = None,
 ) -> CustomerOut:
     """The unified view of one customer; an alias (a merged-away id) answers with the survivor."""
@@ -288,10 +305,12 @@ def get_customer(
         as_of = as_of.astimezone(timezone.utc)
     with db.cursor() as cur:
         view = (_load(cur, customer_id) if as_of is None
-                else _load_as_of(cur, customer_id, as_of, settings.identity_limits))
+                else _load_as_of(cur, customer_id, as_of, settings.identity_limits, vault))
     if view is None:
         raise HTTPException(404, f"no customer {customer_id!r}" + (f" with touchpoints by {as_of.isoformat()}"
                                                                     if as_of else ""))
+    audit.record(writer, caller, "customer.read", view.customer_id,
+                 {"requested": customer_id, **({"as_of": as_of.isoformat()} if as_of else {})})
     return view
 
 
@@ -333,7 +352,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @router.get("/{customer_id}/timeline", response_model=Timeline, responses={**NOT_FOUND, 400: {"model": Problem}})
 def get_timeline(
-    customer_id: str, db: DatabaseDep,
+    customer_id: str, db: DatabaseDep, caller: CustomersReader, writer: WriterDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     order: Literal["asc", "desc"] = "asc",
@@ -356,6 +375,8 @@ def get_timeline(
     items = [TimelineItem(event_id=r[0], source=r[1], type=r[2], channel=r[3], time=r[4], summary=r[5], data=r[6])
              for r in rows]
     next_cursor = _encode_cursor(rows[-1][4], rows[-1][7]) if more else None
+    audit.record(writer, caller, "customer.timeline", survivor,
+                 {"requested": customer_id, "items": len(items), "page": bool(cursor)})
     return Timeline(customer_id=survivor, items=items, next_cursor=next_cursor)
 
 
@@ -365,7 +386,7 @@ UNMERGE_SOURCE = "urn:crm:api:unmerge"
 @router.post("/{customer_id}/unmerge", status_code=202, response_model=UnmergeOut,
              responses={**NOT_FOUND, 409: {"model": Problem}, 503: {"model": Problem}})
 async def unmerge(customer_id: str, body: UnmergeIn, db: DatabaseDep, settings: SettingsDep,
-                  publisher: PublisherDep) -> UnmergeOut:
+                  publisher: PublisherDep, vault: VaultDep, caller: Admin, writer: WriterDep) -> UnmergeOut:
     """Split a wrong merge again (an operator action). Publishes an ``identity.unlinked`` touchpoint
     declaring the two sides different people; the identity stage re-resolves their evidence and the
     view re-folds the events of each side. Nothing is deleted; the split shows in ``/merges``."""
@@ -374,14 +395,21 @@ async def unmerge(customer_id: str, body: UnmergeIn, db: DatabaseDep, settings: 
             named = normalize(body.identifier.kind, body.identifier.value, settings.default_region)
         except InvalidIdentifier as exc:
             raise HTTPException(400, f"identifier: {exc}") from None
-    survivor, pair = await run_in_threadpool(_unlink_pair, db, customer_id, body.alias,
-                                             named.key if body.identifier is not None else None)
+    named_key = None
+    if body.identifier is not None:
+        found = await run_in_threadpool(pseudonym_keys, db, vault, [named])
+        if not found:
+            raise HTTPException(409, f"{body.identifier.kind} {body.identifier.value!r} does not belong to "
+                                     f"customer {customer_id!r}")
+        named_key = found[0]
+    survivor, pair = await run_in_threadpool(_unlink_pair, db, customer_id, body.alias, named_key)
     raw = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": UNMERGE_SOURCE, "type": "identity.unlinked",
            "time": datetime.now(timezone.utc).isoformat(), "subject": survivor,
            "data": {"identifiers": [{"kind": k.partition(":")[0], "value": k.partition(":")[2]} for k in pair],
                     "reason": body.reason, **({"operator": body.operator} if body.operator else {})}}
     try:
-        tp = validate(raw, received_at=datetime.now(timezone.utc), default_region=settings.default_region)
+        tp = validate(raw, received_at=datetime.now(timezone.utc), default_region=settings.default_region,
+                      sealed=True)  # it names identifiers by their pseudonyms
     except InvalidEvent as exc:  # the body passed UnmergeIn; whatever the event refuses beyond it is still a 400
         raise HTTPException(400, f"the unmerge is not a valid identity.unlinked event: {exc}") from None
     try:
@@ -391,6 +419,9 @@ async def unmerge(customer_id: str, body: UnmergeIn, db: DatabaseDep, settings: 
         raise HTTPException(503, f"the unmerge could not be published: {exc}", headers={"Retry-After": "5"}) from None
     log.info("unmerge requested", extra={"customer_id": survivor, "alias": body.alias, "unlinked": pair,
                                          "event_id": tp.id, "operator": body.operator})
+    await run_in_threadpool(audit.record, writer, caller, "customer.unmerge", survivor,
+                            {"alias": body.alias, "by_identifier": body.identifier is not None,
+                             "event_id": tp.id})  # the reason and operator are on that event
     return UnmergeOut(customer_id=survivor, event_id=tp.id, source=UNMERGE_SOURCE, unlinked=list(pair))
 
 

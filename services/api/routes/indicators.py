@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, AsyncIterator
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -20,8 +20,12 @@ from services.api.deps import DatabaseDep, SettingsDep, refuse_time_out_of_range
 from services.api.schemas import (IndicatorDefinition, IndicatorSeries, IndicatorSlice, IndicatorsOut, Problem,
                                   SeriesPoint)
 from services.common import indicator_store
+from services.common.apikeys import INDICATORS_READ
+from services.common.auth import require
 
 router = APIRouter(tags=["indicators"])
+READ = [Depends(require(INDICATORS_READ))]
+STREAM = [Depends(require(INDICATORS_READ, query_token=True))]  # EventSource cannot send headers: ?access_token=
 
 Dimension = Annotated[str, Query(pattern="^(all|channel|queue|agent|segment)$",
                                  description="break down by this dimension (default: overall)")]
@@ -87,7 +91,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@router.get("/v1/indicators", response_model=IndicatorsOut, responses={400: {"model": Problem}})
+@router.get("/v1/indicators", response_model=IndicatorsOut, responses={400: {"model": Problem}}, dependencies=READ)
 def get_indicators(
     db: DatabaseDep, indicator: IndicatorNames = None, window: Windows = None, dimension: Dimension | None = None,
     channel: Member = None, queue: Member = None, agent: Member = None, segment: Member = None,
@@ -102,7 +106,7 @@ def get_indicators(
     return _snapshot(db, sel, end)
 
 
-@router.get("/v1/indicators/definitions", response_model=list[IndicatorDefinition])
+@router.get("/v1/indicators/definitions", response_model=list[IndicatorDefinition], dependencies=READ)
 def get_definitions() -> list[IndicatorDefinition]:
     """What each indicator measures, its unit, which way is better, and its names in English and Chinese."""
     return [IndicatorDefinition(name=i.name, unit=i.unit, better=i.better, en=i.en, zh=i.zh,
@@ -110,7 +114,8 @@ def get_definitions() -> list[IndicatorDefinition]:
             for i in ind.INDICATORS.values()]
 
 
-@router.get("/v1/indicators/series", response_model=IndicatorSeries, responses={400: {"model": Problem}})
+@router.get("/v1/indicators/series", response_model=IndicatorSeries, responses={400: {"model": Problem}},
+            dependencies=READ)
 def get_series(
     db: DatabaseDep, indicator: IndicatorNames = None, dimension: Dimension | None = None,
     channel: Member = None, queue: Member = None, agent: Member = None, segment: Member = None,
@@ -148,7 +153,7 @@ def get_series(
                            indicators=sel.indicators, points=points)
 
 
-@router.get("/v1/stream/indicators", responses={400: {"model": Problem}},
+@router.get("/v1/stream/indicators", responses={400: {"model": Problem}}, dependencies=STREAM,
             response_description="text/event-stream of `snapshot`, `indicator` and `alert` events")
 async def stream_indicators(
     request: Request, db: DatabaseDep, settings: SettingsDep, indicator: IndicatorNames = None,

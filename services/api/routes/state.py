@@ -2,14 +2,16 @@
 the lifecycle stages with how many customers each holds."""
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from events.feed import LIFECYCLE_STAGES, CustomerSnapshot
 from services.api.deps import DatabaseDep, SettingsDep, state_rules
 from services.api.routes.customers import NOT_FOUND, _resolve
+from services.common.apikeys import CUSTOMERS_READ
+from services.common.auth import require
 
-router = APIRouter(tags=["customer state"])
+router = APIRouter(tags=["customer state"], dependencies=[Depends(require(CUSTOMERS_READ))])
 
 STAGE_LABELS = {
     "prospect": {"en": "Prospect", "zh": "潜在客户"},
@@ -24,6 +26,10 @@ STAGE_LABELS = {
 class SegmentOut(BaseModel):
     name: str
     label: dict[str, str] = Field(description="display names by language (en, zh)")
+    purpose: str = Field("service", description="what the audience is used for; all but service hold only "
+                                                "customers who consent to it")
+    channel: str | None = Field(None, description="the channel that consent must cover (all: every channel); "
+                                                  "null for service")
     customers: int = Field(description="customers in the segment now")
 
 
@@ -62,7 +68,9 @@ def list_segments(db: DatabaseDep, settings: SettingsDep) -> SegmentList:
     with db.cursor() as cur:
         cur.execute("SELECT s, count(*) FROM customer_state, unnest(segments) AS s WHERE live GROUP BY s")
         counts = dict(cur.fetchall())
-    return SegmentList(items=[SegmentOut(name=s.name, label=s.label or {"en": s.name}, customers=counts.get(s.name, 0))
+    return SegmentList(items=[SegmentOut(name=s.name, label=s.label or {"en": s.name}, purpose=s.purpose,
+                                         channel=s.channel if s.purpose != "service" else None,
+                                         customers=counts.get(s.name, 0))
                               for s in rules.segments])
 
 

@@ -11,15 +11,20 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from events.feed import CHANGE_TYPES
+from projections.customer_state import CONSENT_PURPOSES, NO_CONSENT_NEEDED
 from services.api.deps import DatabaseDep, SettingsDep, WriterDep
 from services.api.schemas import Problem, RequestBody
+from services.api.security import FeedManager
+from services.common import audit
+from services.common.apikeys import FEED_MANAGE
+from services.common.auth import require
 from services.webhooks import store
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], dependencies=[Depends(require(FEED_MANAGE))])
 
 NOT_FOUND = {404: {"model": Problem, "description": "no such subscription or delivery"}}
 Status = Literal["pending", "delivered", "failed", "cancelled"]
@@ -39,6 +44,11 @@ class SubscriptionIn(RequestBody):
     segments: list[str] | None = Field(
         None, min_length=1, description="only changes of customers in one of these segments (after the change), "
                                         "or entering or leaving one of them; null or left out: every customer")
+    purpose: str = Field(
+        NO_CONSENT_NEEDED, description=f"what the receiver uses the changes for, of: {', '.join(CONSENT_PURPOSES)}. "
+                                       f"{NO_CONSENT_NEEDED} (the default) needs no consent; for the others only "
+                                       "changes whose snapshot consents to the purpose (profile.consent, on at least "
+                                       "one channel) are delivered")
     description: str = Field("", max_length=500)
     enabled: bool = True
 
@@ -77,6 +87,15 @@ class SubscriptionIn(RequestBody):
             raise ValueError("segment names are 1 to 100 characters")
         return sorted(set(value))
 
+    @field_validator("purpose")
+    @classmethod
+    def _purpose(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("must not be null")
+        if value not in CONSENT_PURPOSES:
+            raise ValueError(f"unknown purpose {value!r}; one of {', '.join(CONSENT_PURPOSES)}")
+        return value
+
     @field_validator("description", "enabled")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
@@ -89,6 +108,8 @@ class SubscriptionPatch(SubscriptionIn):
     """The fields to change (left out: unchanged; event_types or segments null: no filter)."""
 
     url: str | None = Field(None, max_length=2048)
+    purpose: str | None = Field(None, description="another purpose: a purpose that needs consent cancels the pending "
+                                                  "deliveries whose snapshot does not consent to it")
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = Field(None, description="false: the pending deliveries are cancelled; true again: "
                                                    "the changes published from then on are delivered")
@@ -99,6 +120,8 @@ class SubscriptionOut(BaseModel):
     url: str
     event_types: list[str] | None = Field(description="null: every change type")
     segments: list[str] | None = Field(description="null: no segment filter")
+    purpose: str = Field(description="service: no consent needed; marketing, analytics or profiling: only changes "
+                                     "whose snapshot consents to it")
     description: str
     enabled: bool
     disabled_reason: str | None = Field(description="why the dispatcher disabled it (the endpoint answered 410 Gone)")
@@ -176,11 +199,16 @@ def _missing(subscription_id: str) -> HTTPException:
 
 
 @router.post("", status_code=201, response_model=SubscriptionCreated, responses={422: {"model": Problem}})
-def create_subscription(body: SubscriptionIn, writer: WriterDep) -> dict[str, Any]:
+def create_subscription(body: SubscriptionIn, writer: WriterDep, caller: FeedManager) -> dict[str, Any]:
     """Subscribe an endpoint to the change feed. The answer carries the signing secret, once."""
     with writer.transaction() as cur:
-        return store.create_subscription(cur, url=body.url, event_types=body.event_types, segments=body.segments,
-                                         description=body.description, enabled=body.enabled)
+        created = store.create_subscription(cur, url=body.url, event_types=body.event_types, segments=body.segments,
+                                            description=body.description, enabled=body.enabled,
+                                            purpose=body.purpose)
+        audit.record(cur, caller, "webhook.create", created["id"], {
+            "url": body.url, "event_types": body.event_types, "segments": body.segments, "enabled": body.enabled,
+            "purpose": body.purpose})
+        return created
 
 
 @router.get("", response_model=SubscriptionList)
@@ -200,35 +228,42 @@ def get_subscription(subscription_id: str, db: DatabaseDep) -> dict[str, Any]:
 
 
 @router.patch("/{subscription_id}", response_model=SubscriptionOut, responses={**NOT_FOUND, 400: {"model": Problem}})
-def update_subscription(subscription_id: str, body: SubscriptionPatch, writer: WriterDep) -> dict[str, Any]:
+def update_subscription(subscription_id: str, body: SubscriptionPatch, writer: WriterDep,
+                        caller: FeedManager) -> dict[str, Any]:
     """Change the URL, filters, description, or enable or disable the subscription."""
     changes = body.model_dump(include=body.model_fields_set)
     if not changes:
-        raise HTTPException(400, "nothing to change: give url, event_types, segments, description or enabled")
+        raise HTTPException(400, "nothing to change: give url, event_types, segments, purpose, description or "
+                                 "enabled")
     with writer.transaction() as cur:
         updated = store.update_subscription(cur, subscription_id, changes)
+        if updated is not None:
+            audit.record(cur, caller, "webhook.update", subscription_id, {"changes": changes})
     if updated is None:
         raise _missing(subscription_id)
     return updated
 
 
 @router.delete("/{subscription_id}", status_code=204, responses=NOT_FOUND)
-def delete_subscription(subscription_id: str, writer: WriterDep) -> Response:
+def delete_subscription(subscription_id: str, writer: WriterDep, caller: FeedManager) -> Response:
     """Delete the subscription and its delivery log; its pending deliveries are not sent."""
     with writer.transaction() as cur:
         if not store.delete_subscription(cur, subscription_id):
             raise _missing(subscription_id)
+        audit.record(cur, caller, "webhook.delete", subscription_id)
     return Response(status_code=204)
 
 
 @router.post("/{subscription_id}/rotate-secret", response_model=SecretOut, responses=NOT_FOUND)
-def rotate_secret(subscription_id: str, writer: WriterDep, settings: SettingsDep,
+def rotate_secret(subscription_id: str, writer: WriterDep, settings: SettingsDep, caller: FeedManager,
                   body: RotateIn | None = None) -> dict[str, Any]:
     """A new signing secret. The old one keeps signing beside it for a while (each delivery then
     carries two signatures), so receivers can switch without losing a delivery."""
     keep = body.previous_valid_s if body and body.previous_valid_s is not None else settings.webhooks_previous_secret_s
     with writer.transaction() as cur:
         rotated = store.rotate_secret(cur, subscription_id, keep)
+        if rotated is not None:  # never the secret itself
+            audit.record(cur, caller, "webhook.rotate_secret", subscription_id, {"previous_valid_s": keep})
     if rotated is None:
         raise _missing(subscription_id)
     return {"id": rotated["id"], "secret": rotated["secret"],
@@ -269,7 +304,7 @@ def get_delivery(subscription_id: str, delivery_id: int, db: DatabaseDep) -> dic
 
 @router.post("/{subscription_id}/deliveries/{delivery_id}/retry", status_code=202, response_model=DeliveryOut,
              responses={**NOT_FOUND, 409: {"model": Problem}})
-def retry_delivery(subscription_id: str, delivery_id: int, writer: WriterDep) -> dict[str, Any]:
+def retry_delivery(subscription_id: str, delivery_id: int, writer: WriterDep, caller: FeedManager) -> dict[str, Any]:
     """Queue a failed (or cancelled) delivery again, with a fresh retry schedule."""
     with writer.transaction() as cur:
         subscription = store.get_subscription(cur, subscription_id)
@@ -285,4 +320,5 @@ def retry_delivery(subscription_id: str, delivery_id: int, writer: WriterDep) ->
             raise HTTPException(409, f"webhook subscription {subscription_id!r} is disabled; enable it first "
                                      "(PATCH with enabled: true)")
         store.requeue(cur, delivery_id)
+        audit.record(cur, caller, "webhook.retry_delivery", subscription_id, {"delivery_id": delivery_id})
         return store.get_delivery(cur, subscription_id, delivery_id)
