@@ -58,7 +58,7 @@ demo: up
 	@echo "    Kafka          127.0.0.1:$${CRM_KAFKA_PORT:-9092}    PostgreSQL 127.0.0.1:$${CRM_PG_PORT:-5432}/crm"
 	@echo "    logs           $(CRM_HOME)/logs/"
 	@echo "    API keys       $(CRM_HOME)/keys/operator.key (admin), simulator.key (events:write); send them as"
-	@echo "                   Authorization: Bearer <key>; the dashboard asks for one (docs/security-scopes.md)"
+	@echo "                   Authorization: Bearer <key>; the dashboard asks for one (README: Security and privacy)"
 	@echo "  make stop   stops everything"
 
 stop:

@@ -95,6 +95,20 @@ def personal_leaves(event_type: str, data: dict[str, Any]) -> list[tuple[Path, s
     return sorted(found.items(), key=lambda item: [str(p) for p in item[0]])
 
 
+def identity_paths(tp, data: dict[str, Any]) -> list[tuple[Path, str]]:
+    """The identity fields of a touchpoint in its wire data, as (path, identifier kind)."""
+    out: list[tuple[Path, str]] = []
+    for kind, field in tp.event_type.identity_fields:
+        name, _, index = field.partition("[")
+        info = type(tp.data).model_fields.get(name)
+        wire = info.alias if info is not None and info.alias else name
+        out.append(((wire, int(index.rstrip("]"))) if index else (wire,), kind))
+    if tp.type in ("identity.linked", "identity.unlinked"):
+        out += [(("identifiers", i, "value"), ref.get("kind", "")) for i, ref in enumerate(data.get("identifiers") or [])
+                if isinstance(ref, dict)]
+    return out
+
+
 def get_path(data: Any, path: Path) -> Any:
     for p in path:
         data = data[p]

@@ -107,3 +107,31 @@ def vault_opener(dsn: str, master_key: str) -> Opener:
 def sealed(value: dict | None) -> bool:
     """A touchpoint as the collector writes it (its subjects live in that platform's database)."""
     return bool(value) and "crmsubject" in value
+
+
+def sealed_copies(bootstrap: str, events: list[dict]) -> list[dict]:
+    """The events as the collector sealed them onto crm.touchpoints (the first copy of each)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from events.envelope import event_key
+    from services.common.topics import TOUCHPOINTS
+
+    wanted = {event_key(e["source"], e["id"]) for e in events if isinstance(e, dict) and "source" in e and "id" in e}
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    parts = [TopicPartition(TOUCHPOINTS, p) for p in consumer.partitions_for_topic(TOUCHPOINTS)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    end = consumer.end_offsets(parts)
+    found: dict[str, dict] = {}
+    while any(consumer.position(tp) < end[tp] for tp in parts):
+        for records in consumer.poll(timeout_ms=500).values():
+            for r in records:
+                try:
+                    value = orjson.loads(r.value)
+                    key = event_key(value["source"], value["id"])
+                except Exception:  # other tests' hand-made records
+                    continue
+                if key in wanted and sealed(value):
+                    found.setdefault(key, value)
+    consumer.close()
+    return list(found.values())

@@ -2,7 +2,7 @@
 
 Routes declare their scope with ``Depends(require(scope))`` (or take the caller as one of the
 annotated parameters below, to record it in the audit log). The app refuses to start when a
-route needs no scope and is not in ``OPEN_ROUTES``; docs/security-scopes.md has the table.
+route needs no scope and is not in ``OPEN_ROUTES``; the README (Security and privacy) has the table.
 """
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     webhooks_previous_secret_s: float = Field(24 * 3600, ge=0, description="how long a rotated-out secret still "
                                                                          "signs deliveries beside the new one")
 
-    # security: API keys, rate limits (services/common/auth.py, docs/security-scopes.md)
+    # security: API keys, rate limits (services/common/auth.py, README: Security and privacy)
     auth_cache_s: float = Field(5.0, ge=0, description="how long a process trusts a verified API key before asking "
                                                        "PostgreSQL again: a revoked key is refused within this time")
     auth_stale_s: float = Field(300.0, ge=0, description="while PostgreSQL is unreachable, keys verified within this "

@@ -224,24 +224,13 @@ class Vault:
         else (an identifier that failed validation) a token."""
         from events.identifiers import InvalidIdentifier, normalize
 
-        fields = [path for _, path in tp.event_type.identity_fields]
-        paths: list[tuple] = []
-        for f in fields:
-            name, _, index = f.partition("[")
-            info = type(tp.data).model_fields.get(name)
-            wire = info.alias if info is not None and info.alias else name
-            paths.append((wire, int(index.rstrip("]"))) if index else (wire,))
-        if tp.type in ("identity.linked", "identity.unlinked"):
-            paths += [("identifiers", i, "value") for i in range(len(data.get("identifiers") or []))]
-        kinds = dict(zip([p for p in paths], [k for k, _ in tp.event_type.identity_fields]))
-        for path in paths:
+        for path, kind in pii.identity_paths(tp, data):
             try:
                 raw = pii.get_path(data, path)
             except (KeyError, IndexError, TypeError):
                 continue
             if not isinstance(raw, str) or raw.startswith("enc1."):
                 continue
-            kind = kinds.get(path) or pii.get_path(data, path[:-1] + ("kind",))
             try:
                 value = normalize(kind, raw, self.default_region).key
             except InvalidIdentifier:

@@ -3,7 +3,7 @@ keys and CORS, rate limits, the audit log, and ``crm keys`` from the command lin
 
 The routes come from the apps themselves (``app.routes``, hidden ones included) and from the
 served OpenAPI documents; ``EXPECTED`` must name each of them, so a new route fails here until
-its scope has been decided (and docs/security-scopes.md updated).
+its scope has been decided (and the README table of Security and privacy updated).
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_every_route_of_both_apps_against_every_kind_of_caller(platform, secured
     api_routes, collector_routes = app_routes(platform, monkeypatch)
     for expected, routes in ((API_EXPECTED, api_routes), (COLLECTOR_EXPECTED, collector_routes)):
         assert set(routes) == set(expected), ("routes without a decided scope (add them to EXPECTED and "
-                                              f"docs/security-scopes.md): {set(routes) ^ set(expected)}")
+                                              f"the README table): {set(routes) ^ set(expected)}")
         for route, scopes in routes.items():
             assert scopes == ({expected[route]} if expected[route] else set()), route
     # the served documents say the same, and hold nothing the apps do not

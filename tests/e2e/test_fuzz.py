@@ -28,7 +28,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from events import pii
 from events.envelope import NUL_MESSAGE, Touchpoint, validate
+from events.identifiers import InvalidIdentifier, normalize
 from events.kafka_binding import binary_record
 from events.touchpoints import EVENT_TYPES
 from services.common.settings import Settings
@@ -240,6 +242,21 @@ def decimals(value: Any) -> Any:
     return value
 
 
+def as_stored(tp: Touchpoint) -> dict[str, Any]:
+    """The event's data as the API shows it back: every identity field that is one of the event's
+    identifiers is stored as its pseudonym, which reads as the normalized identifier (events.pii)."""
+    data = tp.to_cloudevent()["data"]
+    keys = {i.key for i in tp.identifiers}
+    for where, kind in pii.identity_paths(tp, data):
+        try:
+            ident = normalize(kind, pii.get_path(data, where))
+        except (InvalidIdentifier, KeyError, IndexError, TypeError):
+            continue
+        if ident.key in keys:
+            pii.set_path(data, where, ident.value)
+    return data
+
+
 @dataclass
 class Accepted:
     """Events the collector accepted, to be found in the read model exactly as validated."""
@@ -274,7 +291,7 @@ class Accepted:
                 item = stored(tp)
                 if item is None:
                     return False
-                assert decimals(item["data"]) == decimals(tp.to_cloudevent()["data"]), (tp.type, path, item["data"])
+                assert decimals(item["data"]) == decimals(as_stored(tp)), (tp.type, path, item["data"])
                 if path and path[0] == "data":
                     kept = at(item["data"], path[1:])
                     assert kept in text and kept.strip() == text.strip(), (path, text, kept)

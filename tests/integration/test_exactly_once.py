@@ -19,7 +19,8 @@ from services.simulator.journeys import JourneyGenerator
 from tests.feed import assert_feed_matches_state
 from tests.integration.test_processors import publish
 from tests.processes import wait_for
-from tests.reference import reference_indicator_totals, reference_partition, reference_views, sealed
+from tests.reference import (reference_indicator_totals, reference_partition, reference_views, sealed,
+                             sealed_copies, vault_opener)
 
 
 def journeys(unique: str, customers: int) -> list[dict]:
@@ -53,9 +54,15 @@ def differences(dsn: str, reference: dict[str, dict]) -> list[str]:
     return out
 
 
-def assert_equals_reference(dsn: str, events: list[dict], timeout: float = 120) -> None:
-    reference = reference_views(events)
+def assert_equals_reference(dsn: str, events: list[dict], timeout: float = 120, sealed_by=None) -> None:
+    """``sealed_by``: the platform whose collector took the events; the reference folds them as
+    sealed on the log (pseudonyms, tokens), opening the customer's words with its keys."""
     keys = sorted({event_key(e["source"], e["id"]) for e in events})
+    if sealed_by is None:
+        reference = reference_views(events)
+    else:
+        reference = reference_views(sealed_copies(sealed_by.stack.kafka_bootstrap, events),
+                                    opener=vault_opener(dsn, sealed_by.env()["CRM_MASTER_KEY"]))
     wait_for(lambda: applied(dsn, keys) == len(keys), timeout, f"{len(keys)} events applied")
     try:
         wait_for(lambda: not differences(dsn, reference), 30, "the read model to equal the reference")

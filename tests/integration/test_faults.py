@@ -152,7 +152,7 @@ def test_with_the_broker_down_the_collector_answers_503_and_writes_nothing(platf
         wait_for(lambda: http.post(f"{url}/v1/events", json=chunk, timeout=30).status_code == 202, 120,
                  "the collector to accept again", interval=1.0)
         accepted += chunk
-    assert_equals_reference(platform.dsn, accepted, timeout=300)
+    assert_equals_reference(platform.dsn, accepted, timeout=300, sealed_by=platform)
     # nothing of the refused requests was written, then or later
     refused_keys = {event_key(e["source"], e["id"]) for e in refused}
     on_log = keys_on_log(read_log(stack.kafka_bootstrap, starts, TOUCHPOINTS))

@@ -1,5 +1,5 @@
 -- Consent (issue 7): segments and webhook subscriptions declare the purpose they serve, and only
--- customers who consent to that purpose reach them (docs/consent.md).
+-- customers who consent to that purpose reach them (README: Consent).
 
 -- What a subscription's receiver uses the changes for. "service" (serving the customer) needs no
 -- consent; for the others a change is delivered only when its snapshot (data.state.profile.consent)
