@@ -105,8 +105,9 @@ def vault_opener(dsn: str, master_key: str) -> Opener:
 
 
 def sealed(value: dict | None) -> bool:
-    """A touchpoint as the collector writes it (its subjects live in that platform's database)."""
-    return bool(value) and "crmsubject" in value
+    """A touchpoint naming pseudonyms: sealed by a collector, or an operator action of the API
+    (unmerge, erasure). Its subjects live in that platform's database only."""
+    return bool(value) and ("crmsubject" in value or b"psn-" in orjson.dumps(value.get("data")))
 
 
 def sealed_copies(bootstrap: str, events: list[dict]) -> list[dict]:

@@ -78,7 +78,8 @@ def install_reveal(app: FastAPI) -> None:
 # -- erasure ---------------------------------------------------------------------------------------------
 
 class ErasureIn(BaseModel):
-    reason: str | None = Field(None, max_length=200, description="why (e.g. the data subject's request id)")
+    reason: str | None = Field(None, max_length=200, description="why: a reference such as the data subject's "
+                                                                 "request id, not personal data")
     requested_by: str | None = Field(None, max_length=200, description="who asked (a ticket, the person)")
 
 
@@ -115,7 +116,7 @@ async def erase(customer_id: str, body: ErasureIn, request: Request, db: Databas
     except KafkaUnavailable as exc:
         raise HTTPException(503, f"the erasure could not be published: {exc}", headers={"Retry-After": "5"}) from None
     await run_in_threadpool(audit.record, request.app.state.writer, caller, "customer.erasure", survivor,
-                            {"event_id": tp.id, "reason": body.reason})
+                            {"event_id": tp.id})  # free text stays off the append-only log
     log.info("erasure requested", extra={"customer_id": survivor, "event_id": tp.id})
     return ErasureOut(customer_id=survivor, event_id=tp.id)
 
