@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import select
 import threading
@@ -102,7 +103,8 @@ class Vault:
     """Pseudonyms, keys and tokens. Database work happens on the cursor the caller passes (its
     transaction); keys are cached for ``cache_s`` seconds and dropped when a shred is announced."""
 
-    def __init__(self, master_key: bytes, *, cache_s: float = 30.0):
+    def __init__(self, master_key: bytes, *, cache_s: float = 30.0, default_region: str = "CN"):
+        self.default_region = default_region  # as the collector normalizes phone numbers
         self._kek = AESGCM(_derive(master_key, b"subject key wrapping"))
         self._index_key = _derive(master_key, b"identifier blind index")
         self._search_key = _derive(master_key, b"search terms")
@@ -237,8 +239,6 @@ class Vault:
                 value = None
             pii.set_path(data, path, names[value] if value in names else self.encrypt(primary, raw))
 
-    default_region = "CN"
-
     # -- opening tokens --------------------------------------------------------------------------------
     def deks(self, cur, hexes: Iterable[str]) -> dict[str, AESGCM | None]:
         """The data key of each subject (hex), None for one that is gone (erased)."""
@@ -370,7 +370,7 @@ class Vault:
         self._stop.set()
 
 
-_PSN = __import__("re").compile(r"psn-([0-9a-f]{32})")
+_PSN = re.compile(r"psn-([0-9a-f]{32})")
 
 
 def _replace_pseudonyms(value: Any, idents: dict[str, str]) -> Any:
@@ -392,6 +392,4 @@ def from_settings(settings) -> Vault:
     if not secret and not path:  # the demo's key (deploy/services.sh makes it), if there is one
         demo = Path(settings.home) / "keys" / "master.key"
         path = str(demo) if demo.exists() else None
-    vault = Vault(load_master_key(secret, path), cache_s=settings.vault_cache_s)
-    vault.default_region = settings.default_region
-    return vault
+    return Vault(load_master_key(secret, path), cache_s=settings.vault_cache_s, default_region=settings.default_region)
