@@ -28,19 +28,24 @@ def outbox_empty(dsn: str) -> bool:
         return cur.fetchone()[0] == 0
 
 
-def read_topic(bootstrap: str, topic: str, keys: set[str]) -> list:
-    """Every committed record of ``topic`` with one of ``keys``, in partition order."""
+def read_records(bootstrap: str, topics, keys: set[str] | None = None) -> list:
+    """Every committed record of ``topics`` (with one of ``keys``, when given), in partition order."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
-    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
     end = consumer.end_offsets(parts)
     out = []
     while any(consumer.position(tp) < end[tp] for tp in parts):
         for records in consumer.poll(timeout_ms=500).values():
-            out += [r for r in records if r.key and r.key.decode() in keys]
+            out += [r for r in records if keys is None or (r.key and r.key.decode("utf-8", "replace") in keys)]
     consumer.close()
     return out
+
+
+def read_topic(bootstrap: str, topic: str, keys: set[str]) -> list:
+    """Every committed record of ``topic`` with one of ``keys``, in partition order."""
+    return read_records(bootstrap, [topic], keys)
 
 
 def assert_feed_matches_state(dsn: str, bootstrap: str, cids: set[str]) -> dict[str, int]:

@@ -112,27 +112,18 @@ def sealed(value: dict | None) -> bool:
 
 def sealed_copies(bootstrap: str, events: list[dict]) -> list[dict]:
     """The events as the collector sealed them onto crm.touchpoints (the first copy of each)."""
-    from kafka import KafkaConsumer, TopicPartition
-
     from events.envelope import event_key
     from services.common.topics import TOUCHPOINTS
+    from tests.feed import read_records
 
     wanted = {event_key(e["source"], e["id"]) for e in events if isinstance(e, dict) and "source" in e and "id" in e}
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    parts = [TopicPartition(TOUCHPOINTS, p) for p in consumer.partitions_for_topic(TOUCHPOINTS)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    end = consumer.end_offsets(parts)
     found: dict[str, dict] = {}
-    while any(consumer.position(tp) < end[tp] for tp in parts):
-        for records in consumer.poll(timeout_ms=500).values():
-            for r in records:
-                try:
-                    value = orjson.loads(r.value)
-                    key = event_key(value["source"], value["id"])
-                except Exception:  # other tests' hand-made records
-                    continue
-                if key in wanted and sealed(value):
-                    found.setdefault(key, value)
-    consumer.close()
+    for r in read_records(bootstrap, [TOUCHPOINTS]):
+        try:
+            value = orjson.loads(r.value)
+            key = event_key(value["source"], value["id"])
+        except Exception:  # other tests' hand-made records
+            continue
+        if key in wanted and sealed(value):
+            found.setdefault(key, value)
     return list(found.values())

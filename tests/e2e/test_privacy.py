@@ -16,13 +16,12 @@ from pathlib import Path
 import httpx
 import psycopg2
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from events import pii
 from services.common import apikeys
 from services.common.topics import CUSTOMER_CHANGES, CUSTOMER_EVENTS, CUSTOMER_STATE, TOPICS
 from services.common.vault import Vault, load_master_key
-from tests.feed import read_topic
+from tests.feed import read_records, read_topic
 from tests.processes import VENV_BIN, wait_for
 
 
@@ -90,17 +89,7 @@ def secrets_of(p: dict[str, str]) -> list[str]:
 
 
 def all_records(bootstrap: str) -> list:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    parts = [TopicPartition(spec.name, p) for spec in TOPICS for p in consumer.partitions_for_topic(spec.name) or ()]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    end = consumer.end_offsets(parts)
-    out = []
-    while any(consumer.position(tp) < end[tp] for tp in parts):
-        for records in consumer.poll(timeout_ms=500).values():
-            out += records
-    consumer.close()
-    return out
+    return read_records(bootstrap, [spec.name for spec in TOPICS])
 
 
 def record_bytes(r) -> bytes:
