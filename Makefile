@@ -10,13 +10,14 @@ export CRM_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps infra-up infra-down demo up stop status test test-unit chaos bench schemas clean logs
+.PHONY: help install system-deps infra-up infra-down demo up stop status test test-unit chaos bench bench-quick bench-deps schemas clean logs
 
 help:
 	@echo "make demo    - install what is missing, start Kafka, PostgreSQL, every service and demo traffic"
 	@echo "make test    - install what the tests need and run the whole test suite"
 	@echo "make chaos   - the long chaos run: 50,000 events through every fault (own Kafka and PostgreSQL)"
-	@echo "make bench   - freshness benchmark of the live indicator stream (own Kafka and PostgreSQL)"
+	@echo "make bench   - every benchmark of design §10 (~40 min): bench/results.json, docs/benchmarks.md"
+	@echo "make bench-quick - the same, small (a few minutes)"
 	@echo "make stop    - stop everything started by make demo"
 	@echo "make status  - what runs"
 	@echo "make schemas - regenerate docs/schemas and docs/asyncapi.yaml from the declarations"
@@ -85,10 +86,26 @@ chaos: install
 	CRM_CHAOS_EVENTS=$${CRM_CHAOS_EVENTS:-50000} $(VENV)/bin/python -m pytest -p no:cacheprovider -s -q \
 	  tests/integration/test_faults.py -m chaos
 
-# The freshness benchmark starts (and stops) its own broker, database and services on separate
-# ports under .crm/bench; figures in .crm/bench/freshness.json. See bench/README.md.
-bench: install
-	$(VENV)/bin/python -m bench.freshness
+# The benchmarks start (and stop) their own broker, database and services on separate ports under
+# .crm/bench; they write bench/results.json and docs/benchmarks.md. See bench/README.md.
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+
+# the Python peer (quixstreams pins an older pydantic than the platform's: a virtualenv of its own)
+$(PEER_STAMP): pyproject.toml
+	@test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/pip install --quiet -e . 'quixstreams>=3.20,<4' 'psutil>=6'
+	@touch $(PEER_STAMP)
+
+bench-deps: install $(PEER_STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
+
+bench: bench-deps
+	$(VENV)/bin/python -m bench.run
+
+bench-quick: bench-deps
+	$(VENV)/bin/python -m bench.run --quick
 
 schemas: install
 	$(VENV)/bin/crm schemas export --out docs/schemas

@@ -124,13 +124,32 @@ def set_path(data: Any, path: Path, value: Any) -> None:
 def mask(data: dict[str, Any]) -> tuple[dict[str, Any], tuple[tuple[Path, str], ...]]:
     """A copy of sealed data with each token replaced by a placeholder of the field's type, for
     validation, and the tokens with their paths (to put back into the validated event)."""
-    import copy
+    tokens: list[tuple[Path, str]] = []
+    path: list[Any] = []
 
-    masked = copy.deepcopy(data)
-    tokens = tuple((path, text) for path, text in _string_leaves(data, ()) if WHOLE_TOKEN.match(text))
-    for path, _ in tokens:
-        set_path(masked, path, PLACEHOLDER.get(str(path[-1]), ""))
-    return masked, tokens
+    def masked(value: Any) -> Any:  # a deep copy (JSON values only), tokens swapped on the way
+        if isinstance(value, str):
+            if value.startswith("enc1.") and WHOLE_TOKEN.match(value):
+                tokens.append((tuple(path), value))
+                return PLACEHOLDER.get(str(path[-1]) if path else "", "")
+            return value
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                path.append(k)
+                out[k] = masked(v)
+                path.pop()
+            return out
+        if isinstance(value, list):
+            out_list = []
+            for i, v in enumerate(value):
+                path.append(i)
+                out_list.append(masked(v))
+                path.pop()
+            return out_list
+        return value
+
+    return masked(data), tuple(tokens)
 
 
 def unmask(data: dict[str, Any], tokens: tuple[tuple[Path, str], ...]) -> dict[str, Any]:

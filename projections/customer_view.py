@@ -10,7 +10,6 @@ overwrites a newer one. Times are stored as fixed-format UTC ISO strings, which 
 """
 from __future__ import annotations
 
-import copy
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterable
@@ -217,9 +216,19 @@ def _merge_ticket(a: dict, b: dict) -> dict:
     return {**latest, "kind": min(kinds) if kinds else latest.get("kind", "service_request")}
 
 
+def _copy(value: Any) -> Any:
+    """A deep copy of a view: JSON values only (dicts, lists, scalars), several times faster than
+    ``copy.deepcopy``, which the fold would otherwise spend a fifth of its time in."""
+    if type(value) is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copy(v) for v in value]
+    return value
+
+
 def apply_all(view: View, events: Iterable[CustomerEvent]) -> View:
     """Fold events into a copy of ``view``; the result does not depend on the order of ``events``."""
-    out = upgrade(copy.deepcopy(view))
+    out = upgrade(_copy(view))
     for event in events:
         _apply(out, event)
     return out
@@ -231,8 +240,8 @@ def apply(view: View, event: CustomerEvent) -> View:
 
 def merge(survivor: View, alias: View) -> View:
     """The view of one customer who did everything ``survivor`` and ``alias`` did."""
-    out = upgrade(copy.deepcopy(survivor))
-    alias = upgrade(copy.deepcopy(alias))
+    out = upgrade(_copy(survivor))
+    alias = upgrade(_copy(alias))
     for name, stamped in alias["traits"].items():
         out["traits"][name] = _newer(out["traits"].get(name), stamped)
     for channel, n in alias["contacts"].items():

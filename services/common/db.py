@@ -4,12 +4,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from importlib import resources
 from typing import Iterator
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 import psycopg2.pool
 from pydantic import SecretStr
 
@@ -72,6 +74,45 @@ def connect(dsn: str, *, application_name: str = "crm", autocommit: bool = False
     return conn
 
 
+class KeepingPool(psycopg2.pool.ThreadedConnectionPool):
+    """psycopg2's threaded pool, keeping up to ``maxconn`` connections open between uses.
+
+    psycopg2 keeps only ``minconn`` idle connections and closes the rest as they come back; with
+    ``minconn`` 0 (so a process starts while PostgreSQL is still down) every request would open a
+    connection of its own, some 3 ms and most of a query's time. This one opens connections lazily
+    and keeps them; one idle for more than ``CHECK_AFTER_S`` is checked (``SELECT 1``) before it is
+    handed out, so a database restart costs no request an error."""
+
+    CHECK_AFTER_S = 2.0
+
+    def __init__(self, maxconn: int, *args, **kwargs):
+        super().__init__(0, maxconn, *args, **kwargs)
+        self.minconn = maxconn  # after the constructor, which would open minconn connections at once
+        self._idle_since: dict[int, float] = {}
+
+    def getconn(self, key=None):
+        while True:
+            conn = super().getconn(key)
+            idle_since = self._idle_since.pop(id(conn), None)
+            if idle_since is None or time.monotonic() - idle_since < self.CHECK_AFTER_S or conn.closed:
+                return conn
+            try:
+                if conn.autocommit:
+                    conn.cursor().execute("SELECT 1")
+                else:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                    conn.rollback()
+                return conn
+            except psycopg2.Error:  # gone while idle (a restart): drop it and take another
+                super().putconn(conn, key, close=True)
+
+    def putconn(self, conn=None, key=None, close=False):
+        if conn is not None and not close and not conn.closed:
+            self._idle_since[id(conn)] = time.monotonic()
+        super().putconn(conn, key, close)
+
+
 class TransactionPool:
     """A small thread-safe pool of read-write connections, one transaction per use: for the
     processes' own small tables (webhook subscriptions and deliveries), never the read models."""
@@ -79,8 +120,8 @@ class TransactionPool:
     def __init__(self, dsn: str, *, maxconn: int = 4, application_name: str = "crm"):
         # psycopg2's pool raises when exhausted; callers wait for a free connection instead
         self.slots = threading.BoundedSemaphore(maxconn)
-        self.pool = psycopg2.pool.ThreadedConnectionPool(0, maxconn, dsn, application_name=application_name,
-                                                         connect_timeout=5, **connect_params(dsn))
+        self.pool = KeepingPool(maxconn, dsn, application_name=application_name, connect_timeout=5,
+                                **connect_params(dsn))
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
@@ -124,6 +165,17 @@ def lock(cur, names) -> None:
     wanted = sorted({lock_id(n) for n in names})
     if wanted:
         cur.execute("SELECT count(pg_advisory_xact_lock(h)) FROM unnest(%s::bigint[]) AS h", (wanted,))
+
+
+PAGE_SIZE = 5000
+"""Rows per statement of ``execute_values``: psycopg2's default of 100 sends a batch of a thousand
+events' rows as ten statements, each a round trip."""
+
+
+def execute_values(cur, sql: str, argslist, template: str | None = None, page_size: int = PAGE_SIZE,
+                   fetch: bool = False):
+    """``psycopg2.extras.execute_values`` with pages of PAGE_SIZE rows."""
+    return psycopg2.extras.execute_values(cur, sql, argslist, template=template, page_size=page_size, fetch=fetch)
 
 
 def migrations() -> list[tuple[str, str]]:

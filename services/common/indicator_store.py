@@ -11,9 +11,9 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from psycopg2.extras import execute_values
 
 from projections.indicators import MEASURES, WINDOWS, Key, minute_of
+from services.common.db import execute_values
 
 Slice = tuple[str, str]
 _COLS = ", ".join(MEASURES)

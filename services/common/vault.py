@@ -280,9 +280,10 @@ class Vault:
             return {}
         cur.execute("SELECT subject_id, sealed_value FROM public.privacy_subject WHERE subject_id = ANY(%s)",
                     (["psn-" + h for h in hexes],))
+        rows = cur.fetchall()  # before deks(), which may query on the same cursor
         keys = self.deks(cur, hexes)
         out = {}
-        for sid, token in cur.fetchall():
+        for sid, token in rows:
             dek = keys.get(sid[4:])
             if dek is not None:
                 value = self._decrypt(dek, sid[4:], token)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from psycopg2.extras import execute_values
 
 from events.customer_events import IDENTIFIED, MERGED, UNMERGED, IdentityMarker, resolved_cloudevent
 from events.envelope import InvalidEvent, Touchpoint, validate
@@ -33,7 +32,7 @@ from projections.identity import (Cause, Change, Evidence, changes, event_home, 
                                   resolve_evidence)
 from prometheus_client import Counter
 
-from services.common.db import lock_id
+from services.common.db import lock_id, execute_values
 from services.common.vault import Vault
 from services.common.topics import CUSTOMER_EVENTS, TOUCHPOINTS
 from services.processors.records import Output, Record, deadletter

@@ -26,14 +26,13 @@ from typing import Any, Callable
 
 import orjson
 from prometheus_client import Counter
-from psycopg2.extras import execute_values
 
 from events.customer_events import CustomerEvent
 from projections import customer_view, indicators
 from projections.alerts import AlertRule
 from projections.business_hours import Calendar
 from services.common import indicator_store
-from services.common.db import lock
+from services.common.db import lock, execute_values
 from services.common.topics import INDICATORS
 from services.processors.records import Output
 

@@ -42,6 +42,9 @@ DEADLETTERS = Counter("crm_processor_deadletters_total", "records sent to the de
 RETRIES = Counter("crm_processor_retries_total", "batch retries after transient failures", ["stage"])
 BATCH_SECONDS = Histogram("crm_processor_batch_seconds", "time to process and commit one batch", ["stage"],
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+PHASE_SECONDS = Counter("crm_processor_phase_seconds_total",
+                        "time spent per phase of the batches: prepare (read model, in PostgreSQL), "
+                        "publish (until Kafka acknowledged), commit (PostgreSQL)", ["stage", "phase"])
 LAST_COMMIT = Gauge("crm_processor_last_commit_timestamp", "unix time of the last committed batch", ["stage"])
 IN_FLIGHT = Gauge("crm_processor_batches_in_flight", "batches taken and not yet committed", ["stage"])
 
@@ -151,6 +154,7 @@ class BatchRunner:
 
     # -- one attempt, retries, poison isolation -----------------------------------------------
     async def _attempt(self, records: list[Record], replacement: list[Output] | None = None) -> int:
+        phase = self._phase_clock()
         try:
             outputs = await self._in_thread(self._prepare, records, replacement)
         except TRANSIENT_DB as exc:
@@ -159,21 +163,35 @@ class BatchRunner:
         except Exception:
             await self._in_thread(self._rollback)
             raise
+        phase("prepare")
         try:
             await self.publish(outputs)
         except Exception as exc:
             await self._in_thread(self._rollback)
             raise TransientError(f"Kafka publish failed: {exc!r}") from exc
+        phase("publish")
         try:
             await self._in_thread(self._commit)
         except TRANSIENT_DB as exc:
             await self._in_thread(self._drop_connection)
             raise TransientError(f"PostgreSQL commit: {exc}") from exc
+        phase("commit")
         for out in outputs:
             OUTPUTS.labels(self.stage.name, out.topic).inc()
             if out.topic.endswith("deadletter"):
                 DEADLETTERS.labels(self.stage.name).inc()
         return len(outputs)
+
+    def _phase_clock(self) -> Callable[[str], None]:
+        """Adds the time since the last call to the named phase's counter."""
+        last = time.perf_counter()
+
+        def phase(name: str) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            PHASE_SECONDS.labels(self.stage.name, name).inc(now - last)
+            last = now
+        return phase
 
     async def run_drainable(self, records: list[Record]) -> None:
         """``run``, as a task of its own that the caller's cancellation does not interrupt: a worker

@@ -23,13 +23,12 @@ import orjson
 import psycopg2
 import psycopg2.extras
 from prometheus_client import Counter
-from psycopg2.extras import execute_values
 
 from events import feed
 from projections import customer_state, customer_view
 from projections.customer_state import Rules
 from projections.satisfaction import at_time
-from services.common.db import connect, lock, lock_id
+from services.common.db import connect, lock, lock_id, execute_values
 from services.common.topics import CUSTOMER_CHANGES, CUSTOMER_STATE
 
 log = logging.getLogger(__name__)

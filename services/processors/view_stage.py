@@ -26,14 +26,13 @@ from collections import defaultdict
 from datetime import datetime
 
 import orjson
-from psycopg2.extras import execute_values
 
 from events.customer_events import MERGED, CustomerEvent, IdentityMarker, decode
 from projections import customer_view, satisfaction
 from projections.identity import event_home, kind_of
 from projections.timeline import summarize
 from events import pii
-from services.common.db import lock
+from services.common.db import lock, execute_values
 from services.common.vault import Vault
 from services.common.timeline import EVENT_COLUMNS, to_event
 from services.common.topics import CUSTOMER_EVENTS
