@@ -108,7 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated steps of: {', '.join(STEPS)}")
     parser.add_argument("--skip", default="", help="comma-separated steps to leave out")
     parser.add_argument("--no-write", action="store_true", help="print only; leave results.json and the docs alone")
+    parser.add_argument("--render", action="store_true",
+                        help="only write docs/benchmarks.md again from bench/results.json (after editing bench/ANALYSIS.md)")
     args = parser.parse_args(argv)
+    if args.render:
+        saved = orjson.loads(RESULTS_JSON.read_bytes())
+        RESULTS_MD.write_text(markdown(saved["results"], saved["meta"]))
+        console.print(f"written {RESULTS_MD.relative_to(REPO)} from {RESULTS_JSON.relative_to(REPO)}")
+        return 0
     steps = [s for s in STEPS if (not args.only or s in args.only.split(",")) and s not in args.skip.split(",")]
     events = args.events or (20_000 if args.quick else 1_000_000)
     run_id = uuid.uuid4().hex[:8]
@@ -133,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 got = _step(name)(ctx)
             except Exception as exc:  # one benchmark failing leaves the others' figures standing
                 traceback.print_exc()
-                failed[name] = f"{type(exc).__name__}: {exc}"
+                lines = [line for line in str(exc).splitlines() if line.strip()]
+                failed[name] = f"{type(exc).__name__}: " + " … ".join(lines[:1] + lines[-2:] if len(lines) > 3 else lines)
                 console.print(f"[red]{name} failed: {exc}")
                 continue
             finally:

@@ -201,6 +201,9 @@ write_runtime_conf() {
 listen_addresses = '127.0.0.1'
 port = $PORT
 unix_socket_directories = '$SOCK_DIR'
+# a batch (and a replay's catch-up) holds an advisory lock per customer and identifier it touches;
+# the default (64 per connection) ran out rebuilding a log of 1,000,000 events
+max_locks_per_transaction = 256
 EOF
   if tls_mode; then
     local ca=''

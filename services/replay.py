@@ -503,7 +503,10 @@ class Replay:
 
     def _tick_both(self, cur) -> None:
         """Evaluate the customers due by the clock on both sides at the same instant, so the clock
-        does not show up as a difference."""
+        does not show up as a difference. Without customer locks: the live view stage is paused by
+        the positions this transaction holds, nothing but this command writes the rebuild, and
+        every due customer's lock in one transaction overflowed PostgreSQL's lock table (a log of
+        1,000,000 events: "out of shared memory")."""
         from services.processors.state_stage import StateProjection
 
         now = datetime.now(timezone.utc)
@@ -511,12 +514,12 @@ class Replay:
         with db.connect(rebuild_dsn(self.cfg.pg_dsn)) as c:
             psycopg2.extras.register_default_jsonb(c, loads=orjson.loads)
             with c.cursor() as rc:
-                while at_now.tick(rc, exclusive=False):
+                while at_now.tick(rc, exclusive=False, customer_locks=False):
                     pass
         c.close()
         db.set_lock_scope("")  # the live side's customer locks are the live workers' ones
         try:
-            while at_now.tick(cur, exclusive=False):
+            while at_now.tick(cur, exclusive=False, customer_locks=False):
                 pass
         finally:
             db.set_lock_scope(REBUILD_SCHEMA)

@@ -95,10 +95,12 @@ class StateProjection:
                               (CUSTOMER_STATE, cid, None, _version_header(version))])
 
     # -- the clock ----------------------------------------------------------------------------------
-    def tick(self, cur, limit: int = 500, *, exclusive: bool = True) -> int:
+    def tick(self, cur, limit: int = 500, *, exclusive: bool = True, customer_locks: bool = True) -> int:
         """Re-evaluate at the clock the customers whose review time has come; returns how many.
         One worker ticks at a time (unless not ``exclusive``); the customer locks keep it apart from
-        the view stage."""
+        the view stage (``customer_locks=False``: the caller holds the view stage still some other
+        way, and ticks many times in one transaction, where a lock per customer would fill
+        PostgreSQL's lock table)."""
         if exclusive:
             cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_id("customer-state-tick"),))
             if not cur.fetchone()[0]:
@@ -109,7 +111,8 @@ class StateProjection:
         cids = [r[0] for r in cur.fetchall()]
         if not cids:
             return 0
-        lock(cur, ("c:" + c for c in cids))
+        if customer_locks:
+            lock(cur, ("c:" + c for c in cids))
         stored = self._stored(cur, cids)
         cur.execute("SELECT customer_id, state FROM customer_view WHERE customer_id = ANY(%s)", (cids,))
         views = dict(cur.fetchall())

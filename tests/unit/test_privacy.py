@@ -45,6 +45,17 @@ def test_reveal_opens_whole_and_embedded_tokens_and_says_erased_without_a_key():
     assert set(pii.tokens_in(doc)) == {a.hex}
 
 
+def test_a_token_run_into_other_text_opens_to_erased_not_an_error():
+    """A summary holding a token directly followed by letters: the token pattern takes them too and
+    the base64 is no longer whole (found by the fuzz test as a 500 of the timeline)."""
+    a = subject()
+    token = Vault.encrypt(a, "Refund please")
+    for tail in ("x", "xy", "xyz1", "_-"):
+        assert Vault._decrypt(a.dek, a.hex, token + tail) is None
+    assert pii.reveal({"summary": f"{token}x more"},
+                      lambda h, t: Vault._decrypt(a.dek, h, t))["summary"] == "[erased] more"
+
+
 def test_personal_leaves_cover_free_text_addresses_and_properties():
     data = {"to": ["a@x.com", "b@x.com"], "cc": ["c@x.com"], "subject": "Hi", "body_text": "text",
             "message_id": "m1", "properties": {"note": "secret", "n": 1, "deep": {"v": ["s"]}}}
