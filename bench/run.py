@@ -52,6 +52,19 @@ def _step(name: str):
     return getattr(importlib.import_module(f"bench.{module}"), function)
 
 
+def relative_paths(value: Any) -> Any:
+    """``value`` with this checkout's absolute paths made relative to it (no machine paths in the
+    committed results)."""
+    root = str(REPO) + "/"
+    if isinstance(value, str):
+        return value.replace(root, "")
+    if isinstance(value, dict):
+        return {k: relative_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_paths(v) for v in value]
+    return value
+
+
 def _fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "–"
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["failed"] = failed
     rows = [r.as_json() for r in results]
     if not args.no_write:
-        RESULTS_JSON.write_bytes(orjson.dumps({"meta": meta, "results": rows},
+        RESULTS_JSON.write_bytes(orjson.dumps(relative_paths({"meta": meta, "results": rows}),
                                               option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
         RESULTS_MD.write_text(markdown(rows, meta))
         console.print(f"written {RESULTS_JSON.relative_to(REPO)} and {RESULTS_MD.relative_to(REPO)}")
