@@ -11,11 +11,13 @@ import os
 import platform as platform_module
 import statistics
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+import psutil
 import psycopg2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -45,21 +47,127 @@ def summary(values: list[float]) -> dict[str, float | int]:
             "p99": percentile(values, 99), "max": max(values), "min": min(values), "mean": statistics.fmean(values)}
 
 
-def paced(n: int, rate: float) -> Iterator[int]:
-    """Yields 1..n, the k-th at start + (k-1)/rate; a slot already past is yielded at once."""
-    start = time.monotonic()
-    for k in range(1, n + 1):
-        delay = start + (k - 1) / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        yield k
-
-
 def progress_bar(**fields: Any) -> Progress:
     """The progress display every long step shows: description, bar, count, a stats field, time."""
     columns = (TextColumn("{task.description:<28}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
     return Progress(*columns, console=console, **fields)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its children now (0 when it is gone)."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for one in procs:
+        try:
+            total += one.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+class PeakRss:
+    """Samples the resident set of a process and its children every ``every`` s; ``peak`` in MiB."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        self.pid, self.every = pid, every
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bench-rss")
+
+    def sample(self) -> int:
+        total = rss_bytes(self.pid)
+        self.peak_bytes = max(self.peak_bytes, total)
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def __enter__(self) -> "PeakRss":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sample()
+
+    @property
+    def peak_mib(self) -> float:
+        return round(self.peak_bytes / 2**20, 1)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used, with its children alive and reaped (a
+    PostgreSQL postmaster's backends that have exited count through its children's times)."""
+    try:
+        proc = psutil.Process(pid)
+        times = proc.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        children = proc.children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    for child in children:
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def stack_pids(stack: Stack) -> dict[str, int]:
+    """The PostgreSQL postmaster and the Kafka broker of a stack (those whose pid files say so)."""
+    pids = {}
+    for name, path in (("postgresql", stack.home / "postgres" / "data" / "postmaster.pid"),
+                       ("kafka", stack.home / "run" / "kafka.pid")):
+        try:
+            pids[name] = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+class CpuAccount:
+    """Where the machine's CPU went between ``start()`` and ``stop()``: seconds per named process
+    tree (a worker, PostgreSQL, Kafka), the rest of the machine, and idle."""
+
+    def __init__(self, pids: dict[str, list[int]]):
+        self.pids = pids
+        self._first: dict[str, float] | None = None
+        self.seconds: dict[str, float] = {}
+
+    def _snapshot(self) -> dict[str, float]:
+        snap = {name: sum(tree_cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
+        machine = psutil.cpu_times()
+        snap["_busy"] = (machine.user + machine.nice + machine.system + getattr(machine, "irq", 0.0)
+                         + getattr(machine, "softirq", 0.0))
+        snap["_idle"] = machine.idle + getattr(machine, "iowait", 0.0)
+        snap["_wall"] = time.monotonic()
+        return snap
+
+    def start(self) -> None:
+        self._first = self._snapshot()
+
+    def stop(self) -> dict[str, float]:
+        if self._first is None:
+            return {}
+        last = self._snapshot()
+        spent = {name: last[name] - self._first[name] for name in self.pids}
+        busy = last["_busy"] - self._first["_busy"]
+        self.seconds = {**spent, "rest of the machine": max(busy - sum(spent.values()), 0.0),
+                        "idle": last["_idle"] - self._first["_idle"], "wall": last["_wall"] - self._first["_wall"]}
+        return self.seconds
+
+    def per_event_ms(self, events: int) -> dict[str, float]:
+        """CPU milliseconds per event of each part (and idle), from ``stop()``'s figures."""
+        return {name: round(1000 * s / events, 4) for name, s in self.seconds.items() if name != "wall"} if events else {}
 
 
 @dataclass

@@ -94,7 +94,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -339,6 +339,21 @@ class _Window:
             return False
         return True if slot < end else None
 
+    def slots(self, t0: float, stop: threading.Event, *, never_bunch: bool = False) -> Iterator[bool]:
+        """Waits for each slot, every 1/PROBE_RATE s from t0, and yields whether it is inside the
+        window; ends when the window closes or ``stop`` is set. ``never_bunch``: a slot the caller
+        was late for moves on from now instead of being caught up at once."""
+        gap, slot = 1.0 / PROBE_RATE, t0
+        while not stop.is_set():
+            delay = slot - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            inside = self.measured(slot)
+            if inside is None:
+                return
+            yield inside
+            slot = max(slot + gap, time.monotonic() - gap) if never_bunch else slot + gap
+
 
 class _Pacer:
     """Spaces calls from every thread at least 1/rate apart (a shared budget of lookups)."""
@@ -453,16 +468,9 @@ class _Probing:
     def run(self, t0: float, window: _Window, stop: threading.Event) -> None:
         """Probes every 1/PROBE_RATE s from t0: warm-up probes (a queue of their own) until the
         window opens, then the measured ones (k = 1, 2, ...) until it closes."""
-        gap = 1.0 / PROBE_RATE
         warm_queue = f"{self.queue}-warmup"
-        slot, warm, k = t0, 0, 0
-        while not stop.is_set():
-            delay = slot - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            inside = window.measured(slot)
-            if inside is None:
-                return
+        warm, k = 0, 0
+        for inside in window.slots(t0, stop):
             if inside:
                 k += 1
                 probe = self._new(k, 0)
@@ -473,7 +481,6 @@ class _Probing:
                 probe = self._new(0, warm)
                 self.warmup.append(probe)
                 self.pollers.submit(self.post, probe, warm_queue)
-            slot += gap
 
     def close(self) -> None:
         self.pollers.shutdown(wait=True, cancel_futures=True)
@@ -556,14 +563,8 @@ class _Baseline:
         self.missed = 0
 
     def run(self, t0: float, window: _Window, stop: threading.Event) -> None:
-        gap, seq, slot = 1.0 / PROBE_RATE, 0, t0
-        while not stop.is_set():
-            delay = slot - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            inside = window.measured(slot)
-            if inside is None:
-                return
+        seq = 0
+        for inside in window.slots(t0, stop, never_bunch=True):  # a slow round trip delays, never bunches
             seq += 1
             sent = time.monotonic()
             self.producer.send(self.topic, str(seq).encode()).get(timeout=PROBE_TIMEOUT_S)
@@ -573,7 +574,6 @@ class _Baseline:
                     self.missed += 1
                 else:
                     self.ms.append((arrived - sent) * 1000)
-            slot = max(slot + gap, time.monotonic() - gap)  # a slow round trip delays, never bunches
 
     def close(self) -> None:
         self.producer.close()

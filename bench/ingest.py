@@ -53,12 +53,11 @@ from typing import Any, Callable
 
 import httpx
 import orjson
-import psutil
 import psycopg2
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from bench.common import Context, Result, console, progress_bar
+from bench.common import Context, PeakRss, Result, console, progress_bar
 from bench.workload import events as workload_events
 from tests.processes import VENV_BIN
 
@@ -82,48 +81,6 @@ def pg_sessions(dsn: str) -> int:
             return int(cur.fetchone()[0])
     finally:
         conn.close()
-
-
-class PeakRss:
-    """Samples the resident set of a process and its children every ``every`` s; ``peak`` in MiB."""
-
-    def __init__(self, pid: int, every: float = 0.2):
-        self.pid, self.every = pid, every
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="bench-rss")
-
-    def sample(self) -> int:
-        try:
-            proc = psutil.Process(self.pid)
-            total = proc.memory_info().rss
-            for child in proc.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            return self.peak_bytes
-        self.peak_bytes = max(self.peak_bytes, total)
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.sample()
-
-    def __enter__(self) -> "PeakRss":
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sample()
-
-    @property
-    def peak_mib(self) -> float:
-        return round(self.peak_bytes / 2**20, 1)
 
 
 WAIT_LEAVES = ("select (selectors.py)", "wait (threading.py)", "_worker (concurrent/futures/thread.py)",

@@ -10,20 +10,23 @@ became, i.e. when it is in the customer view, the timeline, the indicators and t
 Rate = events / (time the view stage committed the last one - time the first batch committed).
 Memory: the peak RSS of each worker, sampled every half second, once 10 % of the log is done (the
 figure "at 100,000 events" of a full run) and at the end ("at 1,000,000").
+CPU: the CPU time the worker, PostgreSQL (the postmaster and its backends) and the broker used from
+the first commit to the last, per event, against the budget the rate target leaves on this machine
+(cores / 20,000 events/s): what bounds the rate, whatever the code's shape.
 
 The baseline, same run, same log: a bare aiokafka consume-and-decode loop (``bench.peer``).
 """
 from __future__ import annotations
 
+import os
 import time
 
-import psutil
 import psycopg2
 from kafka import KafkaConsumer, TopicPartition
 
 from services.common.topics import CUSTOMER_EVENTS, TOUCHPOINTS
 
-from bench.common import Context, Result, console, progress_bar
+from bench.common import Context, CpuAccount, Result, console, progress_bar, rss_bytes, stack_pids
 
 TARGET_RATE = 20_000
 TARGET_SHARE = 0.25
@@ -49,14 +52,6 @@ def committed(dsn: str, consumer: str) -> dict[str, int]:
             return {t: int(n) for t, n in cur.fetchall()}
     finally:
         conn.close()
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        proc = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
-    except psutil.Error:
-        return 0.0
 
 
 def window_rate(samples: list[tuple[float, int, int]], skip_s: float, window_s: float) -> float | None:
@@ -86,6 +81,7 @@ def follow(ctx: Context, dsn: str, consumer: str, pids: list[int], total: int, l
     rss_at_tenth: dict[int, float] | None = None
     deadline = time.monotonic() + timeout_s
     view_total = None
+    cpu = CpuAccount({"worker": pids, **{name: [pid] for name, pid in stack_pids(ctx.stack).items()}})
     with progress_bar() as progress:
         task = progress.add_task(label, total=total, stats="")
         while time.monotonic() < deadline:
@@ -94,9 +90,10 @@ def follow(ctx: Context, dsn: str, consumer: str, pids: list[int], total: int, l
             tps = done.get(TOUCHPOINTS, 0) - since.get(TOUCHPOINTS, 0)
             ces = done.get(CUSTOMER_EVENTS, 0) - since.get(CUSTOMER_EVENTS, 0)
             for pid in pids:
-                peak_rss[pid] = max(peak_rss[pid], rss_mb(pid))
+                peak_rss[pid] = max(peak_rss[pid], rss_bytes(pid) / 2**20)
             if start is None and (tps or ces):
                 start = now
+                cpu.start()
             if budget_s is not None and start is not None and now - start >= budget_s:
                 samples.append((now, tps, ces))
                 break
@@ -118,12 +115,15 @@ def follow(ctx: Context, dsn: str, consumer: str, pids: list[int], total: int, l
         else:
             raise RuntimeError(f"{label}: the workers did not finish within {timeout_s:.0f} s")
     end = time.monotonic()
+    cpu.stop()
     seconds = end - (start or end) + 0.25  # the first commit was seen up to half a poll late
     done_tps = samples[-1][1] if samples else 0
     return {"events": total, "customer_events": view_total, "seconds": round(seconds, 2),
             "rate": done_tps / seconds, "samples": samples, "touchpoints_done": done_tps,
             "peak_rss_mb": list(peak_rss.values()),
-            "peak_rss_mb_at_tenth": list((rss_at_tenth or peak_rss).values())}
+            "peak_rss_mb_at_tenth": list((rss_at_tenth or peak_rss).values()),
+            "cpu_seconds": {k: round(v, 2) for k, v in cpu.seconds.items()},
+            "cpu_ms_per_event": cpu.per_event_ms(done_tps)}
 
 
 WORKER_ENV = {"CRM_BATCH_WITHIN_S": "0.2"}
@@ -179,11 +179,31 @@ def run(ctx: Context) -> list[Result]:
                one["rate"] >= TARGET_RATE and one["rate"] >= TARGET_SHARE * bare["rate"],
                details={"one_worker": one, "baseline": bare, "loaded": loaded}),
     ]
+    results.append(cpu_result(one, total))
     tenth, full = one["peak_rss_mb_at_tenth"][0], one["peak_rss_mb"][0]
     results.append(Result("memory.processor", f"crm-processor peak RSS after {total:,} events vs after {total // 10:,}",
                           full, "MB", tenth, f"peak RSS after {total // 10:,} events", "flat: <= 1.25 x",
                           full <= 1.25 * tenth))
     return results
+
+
+def cpu_result(one: dict, total: int) -> Result:
+    """What one event costs the machine's CPU while a worker takes the log through, by process:
+    the worker, PostgreSQL, the broker. On 2 cores, 20,000 events/s leaves 0.1 ms per event for
+    all of them together; the figure says how far each part alone is from that budget."""
+    per = one["cpu_ms_per_event"]
+    parts = {k: per.get(k, 0.0) for k in ("worker", "postgresql", "kafka")}
+    spent = sum(parts.values())
+    cores = os.cpu_count() or 1
+    budget = 1000 * cores / TARGET_RATE
+    ceiling = 1000 * cores / spent if spent else None
+    return Result("processing.cpu", "CPU per event while 1 worker processes the log: worker + PostgreSQL + Kafka "
+                  f"({', '.join(f'{k} {v:.3f}' for k, v in parts.items())} ms)", round(spent, 4), "ms/event",
+                  round(budget, 4), f"the budget of {TARGET_RATE:,} events/s on {cores} cores",
+                  f"<= {budget:.2f} ms/event (the rate target's CPU budget)", spent <= budget,
+                  details={"cpu_ms_per_event": per, "cpu_seconds": one["cpu_seconds"],
+                           "ceiling_events_per_s": ceiling and round(ceiling),
+                           "ceiling_postgresql_alone": parts["postgresql"] and round(1000 * cores / parts["postgresql"])})
 
 
 def run_scaling(ctx: Context) -> list[Result]:

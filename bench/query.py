@@ -53,8 +53,8 @@ import orjson
 import psycopg2
 import psycopg2.extras
 
-from bench.common import Context, Result, console, percentile, progress_bar, summary
-from bench.ingest import PeakRss, pg_sessions, print_profile, profile_while
+from bench.common import Context, PeakRss, Result, console, percentile, progress_bar, summary
+from bench.ingest import pg_sessions, print_profile, profile_while
 
 TARGET_P99_MS = 15.0
 CONNECTIONS = 32

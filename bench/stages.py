@@ -13,38 +13,24 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
-from datetime import datetime, timezone
 
 import orjson
 import psycopg2
 import psycopg2.extensions
 
 from bench.common import bench_stack, console, drop_database, progress_bar
-from bench.workload import events
-from events.envelope import validate
+from bench import workload
 from services.common.topics import CUSTOMER_EVENTS, TOUCHPOINTS
 from services.processors.records import Record
 
 
 def sealed_records(dsn: str, master_key: str, n: int, seed: int = 8) -> list[Record]:
     """``n`` simulated touchpoints sealed as the collector seals them, as consumed records."""
-    from services.common.vault import Vault, load_master_key
-
-    vault = Vault(load_master_key(master_key, None))
-    conn = psycopg2.connect(dsn)
     out: list[Record] = []
-    received = datetime.now(timezone.utc)
-    tps = [validate(e, received_at=received) for e in events(n, seed)]
-    for i in range(0, len(tps), 2000):
-        chunk = tps[i:i + 2000]
-        with conn, conn.cursor() as cur:
-            vault.subjects(cur, [x for tp in chunk for x in tp.identifiers])
-            for tp in chunk:
-                key, value = vault.seal(cur, tp)
-                out.append(Record(TOUCHPOINTS, hash(key) % 4, len(out), key, value,
-                                  (("content-type", b"application/cloudevents+json"),), int(time.time() * 1000)))
-    conn.close()
-    vault.close()
+    now_ms = int(time.time() * 1000)
+    for records, _ in workload.sealed(dsn, master_key, n, seed=seed):
+        out += [Record(TOUCHPOINTS, hash(key) % 4, len(out) + i, key, value, tuple(workload.HEADERS), now_ms)
+                for i, (key, value) in enumerate(records)]
     return out
 
 

@@ -41,47 +41,48 @@ def events(n: int, seed: int = 8) -> Iterator[dict]:
         first += block
 
 
-def load(bootstrap: str, dsn: str, n: int, master_key: str, *, seed: int = 8, chunk: int = 2000) -> dict:
-    """Seals ``n`` simulated touchpoints and writes them to ``crm.touchpoints``; returns counts."""
+def sealed(dsn: str, master_key: str, n: int, *, seed: int = 8, chunk: int = 2000
+           ) -> Iterator[tuple[list[tuple[bytes, bytes]], int]]:
+    """The first ``n`` simulated touchpoints validated and sealed as the collector does it, a chunk
+    at a time: yields (Kafka key and value of each sealed event, events refused by validation)."""
     from services.common.vault import Vault, load_master_key
 
     vault = Vault(load_master_key(master_key, None))
+    conn = psycopg2.connect(dsn)
+    received = datetime.now(timezone.utc)
+    batch: list = []
+    refused = 0
+    try:
+        for i, event in enumerate(events(n, seed), 1):
+            try:
+                batch.append(validate(event, received_at=received))
+            except Exception:
+                refused += 1
+            if len(batch) >= chunk or (i == n and (batch or refused)):
+                with conn, conn.cursor() as cur:
+                    vault.subjects(cur, [x for tp in batch for x in tp.identifiers])  # one round trip
+                    yield [vault.seal(cur, tp) for tp in batch], refused
+                batch, refused = [], 0
+    finally:
+        conn.close()
+        vault.close()
+
+
+def load(bootstrap: str, dsn: str, n: int, master_key: str, *, seed: int = 8, chunk: int = 2000) -> dict:
+    """Seals ``n`` simulated touchpoints and writes them to ``crm.touchpoints``; returns counts."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=512 * 1024,
                              client_id="crm-bench-load")
-    conn = psycopg2.connect(dsn)
-    refused = 0
-    written = 0
+    written = refused = 0
     try:
         with progress_bar() as progress:
             task = progress.add_task("load the log (seal, write)", total=n, stats="")
-            batch: list = []
-
-            def flush() -> None:
-                nonlocal written
-                with conn, conn.cursor() as cur:
-                    vault.subjects(cur, [i for tp in batch for i in tp.identifiers])
-                    sealed = [vault.seal(cur, tp) for tp in batch]
-                for key, value in sealed:
+            for records, bad in sealed(dsn, master_key, n, seed=seed, chunk=chunk):
+                for key, value in records:
                     producer.send(TOUCHPOINTS, key=key, value=value, headers=HEADERS)
-                written += len(batch)
-                progress.update(task, advance=len(batch), stats=f"{written:,} written")
-                batch.clear()
-
-            received = datetime.now(timezone.utc)
-            for event in events(n, seed):
-                try:
-                    batch.append(validate(event, received_at=received))
-                except Exception:
-                    refused += 1
-                    progress.update(task, advance=1)
-                    continue
-                if len(batch) >= chunk:
-                    flush()
-            if batch:
-                flush()
+                written += len(records)
+                refused += bad
+                progress.update(task, advance=len(records) + bad, stats=f"{written:,} written")
             producer.flush(timeout=600)
     finally:
         producer.close()
-        conn.close()
-        vault.close()
     return {"written": written, "refused_by_validation": refused}
