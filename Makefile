@@ -30,11 +30,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests need beyond PostgreSQL (installed by deploy/postgres.sh itself).
+# Debian packages the tests need beyond PostgreSQL (installed by deploy/postgres.sh itself):
+# docker-compose (to check docker-compose.yml parses), chromium and its chromedriver (the
+# dashboard's browser test; Selenium drives the system browser, nothing is downloaded at run time)
+# and a Chinese font for its screenshots.
 system-deps:
-	@command -v docker-compose >/dev/null || { \
-	  echo "installing Debian's docker-compose (to check docker-compose.yml parses)"; \
-	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; }
+	@missing=""; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	[ -n "$$(fc-list :lang=zh 2>/dev/null)" ] || missing="$$missing fonts-wqy-zenhei"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 infra-up: install
 	deploy/postgres.sh start
@@ -53,13 +62,13 @@ demo: up
 	@echo "  CRM platform is running with demo traffic:"
 	@echo "    collector      http://127.0.0.1:$${CRM_INGEST_PORT:-8080}/v1/events   (docs: /docs)"
 	@echo "    query API      http://127.0.0.1:$${CRM_API_PORT:-8000}/v1/customers   (docs: /docs)"
-	@echo "    dashboard      http://127.0.0.1:$${CRM_API_PORT:-8000}/dashboard      (live indicators, 中文/English)"
+	@echo "    dashboard      http://127.0.0.1:$${CRM_API_PORT:-8000}/dashboard      (中文/English; sign in as demo, password in $(CRM_HOME)/keys/dashboard.password)"
 	@echo "    processor      http://127.0.0.1:$${CRM_PROCESSOR_WEB_PORT:-6066}/metrics"
 	@echo "    webhooks       http://127.0.0.1:$${CRM_API_PORT:-8000}/v1/webhooks    (dispatcher: :$${CRM_WEBHOOKS_PORT:-8090}/metrics)"
 	@echo "    Kafka          127.0.0.1:$${CRM_KAFKA_PORT:-9092}    PostgreSQL 127.0.0.1:$${CRM_PG_PORT:-5432}/crm"
 	@echo "    logs           $(CRM_HOME)/logs/"
 	@echo "    API keys       $(CRM_HOME)/keys/operator.key (admin), simulator.key (events:write); send them as"
-	@echo "                   Authorization: Bearer <key>; the dashboard asks for one (README: Security and privacy)"
+	@echo "                   Authorization: Bearer <key> (README: Security and privacy)"
 	@echo "  make stop   stops everything"
 
 stop:

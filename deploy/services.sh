@@ -83,6 +83,19 @@ ensure_keys() {
   ensure_key operator demo-operator admin
   say "API keys in $KEY_DIR/ (mode 0600): operator.key (admin), simulator.key (events:write); e.g."
   say "  curl -H \"Authorization: Bearer \$(cat $KEY_DIR/operator.key)\" http://127.0.0.1:${CRM_API_PORT:-8000}/v1/indicators"
+  ensure_operator
+}
+
+# The dashboard's demo operator: username demo, its password made once and kept in
+# $KEY_DIR/dashboard.password (mode 0600, never in the repository).
+ensure_operator() {
+  local file=$KEY_DIR/dashboard.password
+  if [[ ! -s $file ]]; then
+    (umask 077; "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(15))' > "$file")
+  fi
+  "$VENV/bin/crm" operators add demo --name "Demo operator" --password-stdin --if-missing < "$file" >/dev/null \
+    || { say "could not create the dashboard's demo operator"; return 1; }
+  say "dashboard sign-in: user demo, password in $file"
 }
 
 running() {

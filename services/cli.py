@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from services import deadletters, replay
-from services import security_cli
+from services import operators_cli, security_cli
 from services.common import settings as settings_mod
 
 
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     deadletters.register(sub)
     replay.register(sub)
     security_cli.register(sub)  # crm keys, crm audit
+    operators_cli.register(sub)  # crm operators
 
     privacy = sub.add_parser("privacy", help="personal data: the master key, erasures").add_subparsers(
         dest="privacy_command", required=True)

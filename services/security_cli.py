@@ -18,6 +18,7 @@ import getpass
 import json
 import os
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -35,6 +36,17 @@ def _actor() -> str:
 
 def _pool(cfg: Settings) -> TransactionPool:
     return TransactionPool(cfg.pg_dsn, maxconn=1, application_name="crm-cli")
+
+
+@contextmanager
+def transaction(cfg: Settings):
+    """One transaction of the command line (a connection of its own, closed after)."""
+    pool = _pool(cfg)
+    try:
+        with pool.transaction() as cur:
+            yield cur
+    finally:
+        pool.close()
 
 
 def _write_key_file(path: Path, key: str) -> None:

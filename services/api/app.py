@@ -19,7 +19,7 @@ from services.common.db import TransactionPool
 from services.common.publisher import KafkaPublisher
 from services.common.kafka_security import KafkaSecurity
 from services.api.live import Hub
-from services.api.routes import customers, docs, indicators, privacy, state, webhooks
+from services.api.routes import customers, docs, indicators, ops, privacy, session, state, webhooks
 from services.api.routes import audit as audit_routes, keys as key_routes
 from services.api.security import OPEN_ROUTES
 from services.common import auth
@@ -45,6 +45,7 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
         app.state.writer.close()
         app.state.keys_pool.close()
         app.state.publisher.close()
+        app.state.pipeline.close()
 
     app = FastAPI(title="CRM query API", version="1", lifespan=lifespan, dependencies=[Depends(refuse_nul)],
                   description="The unified customer view and its timeline, and the satisfaction indicators "
@@ -67,7 +68,9 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
     # pool of their own, never waiting behind the writes
     app.state.keys_pool = TransactionPool(settings.pg_dsn, maxconn=2, application_name="crm-api-auth")
     auth.install(app, auth.KeyStore(app.state.keys_pool, cache_s=settings.auth_cache_s,
-                                    stale_s=settings.auth_stale_s), settings, count_requests=True)
+                                    stale_s=settings.auth_stale_s), settings, count_requests=True,
+                 session_cookie=session.COOKIE)
+    app.state.pipeline = ops.PipelineHealth(settings, app.state.db)
     app.include_router(customers.router)
     app.include_router(indicators.router)
     app.include_router(state.router)
@@ -75,6 +78,8 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
     app.include_router(webhooks.router)
     app.include_router(key_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(session.router)
+    app.include_router(ops.router)
     app.state.vault = vault_from_settings(settings)  # refuses to start without a master key
     app.include_router(privacy.router)
     privacy.install_reveal(app)
@@ -115,13 +120,28 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
         live = "ok" if hub.ready.is_set() else f"connecting: {hub.error or 'not yet'}"
         return {"status": "ok", "service": "crm-api", "database": database, "live_stream": live}
 
-    dashboard = (Path(__file__).parent / "static" / "dashboard.html").read_bytes()
+    static = Path(__file__).parent / "static"
+    dashboard = (static / "dashboard.html").read_bytes()
+    assets = {p.name: p.read_bytes() for p in (static / "vendor").iterdir() if p.suffix in (".js", ".css")}
+    page_headers = {"Cache-Control": "no-cache", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+                    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                               "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                                               "frame-ancestors 'none'"}
 
     @app.get("/dashboard", include_in_schema=False)
     def get_dashboard() -> Response:
-        """The operations dashboard: live indicators per channel/queue/agent/segment, alerts and the
-        customers at risk, in English and Simplified Chinese."""
-        return Response(dashboard, media_type="text/html; charset=utf-8")
+        """The operations dashboard: live satisfaction, pipeline health and customer lookup, in
+        English and Simplified Chinese, for signed-in operators."""
+        return Response(dashboard, media_type="text/html; charset=utf-8", headers=page_headers)
+
+    @app.get("/dashboard/assets/{name}", include_in_schema=False)
+    def get_asset(name: str) -> Response:
+        """The vendored libraries of the dashboard (uPlot)."""
+        if name not in assets:
+            return JSONResponse({"error": f"no asset {name!r}"}, status_code=404)
+        kind = "text/css" if name.endswith(".css") else "text/javascript"
+        return Response(assets[name], media_type=f"{kind}; charset=utf-8",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -18,6 +18,8 @@ OPEN_ROUTES = frozenset({
     "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",     # the HTTP API's documentation
     "/v1/asyncapi.json", "/v1/asyncapi.yaml",                        # the Kafka topics' documentation
     "/dashboard", "/",                                               # the dashboard's page (its data needs a key)
+    "/dashboard/assets/{name}",                                      # its vendored libraries
+    "/v1/session",                                                   # signing in and out (checks its own credentials)
 })
 """Routes anyone may call: none of them holds customer data."""
 

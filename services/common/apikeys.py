@@ -145,6 +145,8 @@ class Key:
     revoked_at: datetime | None = None
     revoked_by: str | None = None
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None   # a dashboard session (services/api/routes/session.py); None: never
+    operator: str | None = None          # the operator a session belongs to
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def allows(self, scope: str) -> bool:
@@ -160,18 +162,18 @@ class Key:
                 "scopes": list(self.scopes), "allowed_origins": list(self.allowed_origins),
                 "rate_per_s": self.rate_per_s, "burst": self.burst, "created_at": self.created_at,
                 "created_by": self.created_by, "revoked_at": self.revoked_at, "revoked_by": self.revoked_by,
-                "last_used_at": self.last_used_at}
+                "last_used_at": self.last_used_at, "expires_at": self.expires_at, "operator": self.operator}
 
 
 _COLUMNS = ("id, name, prefix, kind, scopes, allowed_origins, rate_per_s, burst, created_at, created_by, "
-            "revoked_at, revoked_by, last_used_at")
+            "revoked_at, revoked_by, last_used_at, expires_at, operator")
 
 
 def _key(row) -> Key:
     (id_, name, prefix, kind, scopes, origins, rate, burst, created_at, created_by, revoked_at, revoked_by,
-     last_used_at) = row
+     last_used_at, expires_at, operator) = row
     return Key(id_, name, prefix, kind, tuple(scopes), tuple(origins or ()), rate, burst, created_at, created_by,
-               revoked_at, revoked_by, last_used_at)
+               revoked_at, revoked_by, last_used_at, expires_at, operator)
 
 
 # -- the store (cursor in, rows out; the caller owns the transaction) --------------------------------
@@ -192,9 +194,22 @@ def create(cur, *, name: str, scopes: Iterable[str], kind: str = SECRET, origins
     return _key(cur.fetchone()), full
 
 
+def create_session(cur, *, scopes: Iterable[str], operator: str | None, hours: float, created_by: str,
+                   name: str | None = None) -> tuple[Key, str]:
+    """A dashboard session: a secret key of these (read) scopes that expires in ``hours``; returns it
+    and the key string (the cookie's value, never stored). Expired sessions are deleted here, so the
+    table keeps no more than the live ones and those of the last day."""
+    key, full = create(cur, name=name or f"dashboard session of {operator}", scopes=scopes, created_by=created_by)
+    cur.execute(f"""UPDATE api_key SET expires_at = now() + make_interval(secs => %s), operator = %s
+                    WHERE id = %s RETURNING {_COLUMNS}""", (hours * 3600, operator, key.id))
+    key = _key(cur.fetchone())
+    cur.execute("DELETE FROM api_key WHERE expires_at < now() - interval '1 day'")
+    return key, full
+
+
 def list_keys(cur, *, include_revoked: bool = True) -> list[Key]:
-    """Every key, oldest first (no secrets: the store has none)."""
-    where = "" if include_revoked else "WHERE revoked_at IS NULL"
+    """Every key but sessions, oldest first (no secrets: the store has none)."""
+    where = "WHERE expires_at IS NULL" + ("" if include_revoked else " AND revoked_at IS NULL")
     cur.execute(f"SELECT {_COLUMNS} FROM api_key {where} ORDER BY created_at, id")
     return [_key(r) for r in cur.fetchall()]
 
@@ -231,6 +246,10 @@ def verify(cur, presented: str) -> Key | None:
     key = _key(row[:-1])
     if key.revoked_at is not None or key.kind != parsed.kind:
         return None
+    if key.expires_at is not None:
+        cur.execute("SELECT %s <= now()", (key.expires_at,))
+        if cur.fetchone()[0]:
+            return None
     cur.execute("""UPDATE api_key SET last_used_at = now()
                    WHERE id = %s AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')""",
                 (key.id,))

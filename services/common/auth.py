@@ -118,6 +118,11 @@ class KeyStore:
                 self._cache.pop(next(iter(self._cache)))
         return key
 
+    def forget(self, presented: str) -> None:
+        """Drop a key from this process's cache (a session just ended here)."""
+        with self._lock:
+            self._cache.pop(apikeys.hash_key(presented), None)
+
     def origin_allowed(self, origin: str) -> bool:
         """Whether some live publishable key allows this origin (CORS preflights carry no key)."""
         now = self.clock()
@@ -184,9 +189,11 @@ class Authenticator:
     """Authenticates requests for one app; ``count_requests``: charge the key's bucket one token per
     request (the query API) rather than per event (the collector does that itself)."""
 
-    def __init__(self, store: KeyStore, settings: Settings, *, count_requests: bool, limiter: Limiter | None = None):
+    def __init__(self, store: KeyStore, settings: Settings, *, count_requests: bool, limiter: Limiter | None = None,
+                 session_cookie: str | None = None):
         self.store, self.settings, self.count_requests = store, settings, count_requests
         self.limiter = limiter or Limiter()
+        self.session_cookie = session_cookie  # the query API: a dashboard session's cookie, on reads only
 
     def key_want(self, caller: Caller, cost: float = 1, unit: str = "requests") -> Want:
         key = caller.key
@@ -213,6 +220,10 @@ class Authenticator:
             return caller
         ip = client_ip(request)
         presented = presented_key(request, query_token)
+        from_cookie = False
+        if presented is None and self.session_cookie and request.method in ("GET", "HEAD"):
+            presented = request.cookies.get(self.session_cookie) or None
+            from_cookie = presented is not None
         if presented is None:
             self.limit([self.ip_want(ip)])
             raise AuthProblem(401, MISSING, {"WWW-Authenticate": "Bearer"})
@@ -227,8 +238,12 @@ class Authenticator:
             except KeyStoreUnavailable as exc:
                 log.warning("key store unavailable", extra={"error": str(exc)})
                 raise AuthProblem(503, "the key store is unavailable; retry later", {"Retry-After": "5"}) from None
+        if key is not None and from_cookie and key.expires_at is None:
+            key = None  # a cookie holds only sessions
         if key is None:
             self.limit([self.ip_want(ip)])  # failed attempts count against the client's IP
+            if from_cookie:
+                raise AuthProblem(401, "session expired or ended: sign in again", {"WWW-Authenticate": "Bearer"})
             raise AuthProblem(401, INVALID, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
         origin = None
         if key.kind == PUBLISHABLE:
@@ -365,9 +380,11 @@ def document_scopes(app: FastAPI) -> None:
     app.openapi = openapi
 
 
-def install(app: FastAPI, store: KeyStore, settings: Settings, *, count_requests: bool) -> Authenticator:
-    """Wire authentication into an app: ``app.state.auth`` and the JSON answer of refusals."""
-    auth = Authenticator(store, settings, count_requests=count_requests)
+def install(app: FastAPI, store: KeyStore, settings: Settings, *, count_requests: bool,
+            session_cookie: str | None = None) -> Authenticator:
+    """Wire authentication into an app: ``app.state.auth`` and the JSON answer of refusals.
+    ``session_cookie``: accept a dashboard session from this cookie on GET and HEAD requests."""
+    auth = Authenticator(store, settings, count_requests=count_requests, session_cookie=session_cookie)
     app.state.auth = auth
 
     @app.exception_handler(AuthProblem)

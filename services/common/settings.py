@@ -132,6 +132,8 @@ class Settings(BaseSettings):
                                                                          "signs deliveries beside the new one")
 
     # security: API keys, rate limits (services/common/auth.py, README: Security and privacy)
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="how long a dashboard session lasts "
+                                 "(an operator's sign-in; a wall screen signs in again after it)")
     auth_cache_s: float = Field(5.0, ge=0, description="how long a process trusts a verified API key before asking "
                                                        "PostgreSQL again: a revoked key is refused within this time")
     auth_stale_s: float = Field(300.0, ge=0, description="while PostgreSQL is unreachable, keys verified within this "

@@ -121,14 +121,19 @@ class BatchRunner:
         else:
             outputs = self.stage.prepare(cur, fresh)
         nexts: dict[int, int] = {}
+        newest: dict[int, int] = {}  # partition -> Kafka timestamp (ms) of the newest record applied
         for r in fresh:
             nexts[r.partition] = max(nexts.get(r.partition, 0), r.offset + 1)
+            if r.timestamp_ms:
+                newest[r.partition] = max(newest.get(r.partition, 0), r.timestamp_ms)
         if nexts:
             psycopg2.extras.execute_values(cur, """
-                UPDATE processor_offsets o SET next_offset = v.next_offset, updated_at = now()
-                FROM (VALUES %s) AS v(consumer, topic, partition, next_offset)
+                UPDATE processor_offsets o SET next_offset = v.next_offset, updated_at = now(),
+                    last_record_at = greatest(o.last_record_at, to_timestamp(v.newest_ms / 1000.0))
+                FROM (VALUES %s) AS v(consumer, topic, partition, next_offset, newest_ms)
                 WHERE o.consumer = v.consumer AND o.topic = v.topic AND o.partition = v.partition""",
-                [(self.consumer, topic, p, n) for p, n in sorted(nexts.items())])
+                [(self.consumer, topic, p, n, newest.get(p)) for p, n in sorted(nexts.items())],
+                template="(%s, %s, %s, %s, %s::bigint)")
         return outputs
 
     def _commit(self) -> None:

@@ -118,7 +118,7 @@ def test_the_dashboard_page_follows_the_live_stream_in_both_languages(running):
     _, api = running
     page = http.get(f"{api}/", follow_redirects=True)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "/v1/stream/indicators" in page.text and "实时满意度指标" in page.text
+    assert "/v1/stream/indicators" in page.text and "CRM 运营看板" in page.text and "/v1/ops/pipeline" in page.text
     names = {d["name"]: d for d in http.get(f"{api}/v1/indicators/definitions").json()}
     assert names["csat"]["zh"] == "客户满意度" and names["average_wait"]["better"] == "lower"
 

@@ -1,0 +1,221 @@
+"""The operations dashboard: signing in, sessions that can only read, pipeline health, and the page
+itself in a real browser (Debian's chromium driven by Selenium through Debian's chromedriver;
+nothing is downloaded at run time: ``make test`` installs both packages)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import http
+from tests.browser import chromium, sign_in
+from tests.processes import VENV_BIN, wait_for
+
+PASSWORD = "correct horse battery staple"
+
+
+def crm(platform, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "crm"), *args], env=platform.env(), input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def add_operator(platform, username: str, name: str = "") -> None:
+    done = crm(platform, "operators", "add", username, "--name", name or username, "--password-stdin",
+               stdin=PASSWORD + "\n")
+    assert done.returncode == 0, done.stderr
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def survey(u: str, n: int, csat: int, email: str) -> dict:
+    return {"id": f"{u}-s{n}", "source": "urn:survey", "type": "survey.answered", "time": now_iso(),
+            "data": {"email": email, "survey_id": f"s-{u}-{n}", "csat": csat, "nps": 9, "rated_channel": "phone"}}
+
+
+# -- sessions, over HTTP ---------------------------------------------------------------------------------
+
+def test_an_operator_signs_in_to_a_session_that_can_only_read(running, platform, unique):
+    _, api = running
+    add_operator(platform, f"ops-{unique}", "Li Na 李娜")
+    with httpx.Client(base_url=api) as browser:
+        wrong = browser.post("/v1/session", json={"username": f"ops-{unique}", "password": "not the password"})
+        assert wrong.status_code == 401 and "wrong password" in wrong.json()["error"]
+        assert browser.get("/v1/session").status_code == 401
+        signed = browser.post("/v1/session", json={"username": f"OPS-{unique}", "password": PASSWORD})
+        assert signed.status_code == 200, signed.text
+        body = signed.json()
+        assert body["operator"] == f"ops-{unique}" and body["display_name"] == "Li Na 李娜"
+        assert sorted(body["scopes"]) == ["customers:read", "indicators:read"] and body["expires_at"]
+        cookie = signed.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "crm_session=" in cookie
+        # reads work with the cookie alone ...
+        assert browser.get("/v1/indicators/definitions").status_code == 200
+        assert browser.get("/v1/ops/pipeline").status_code == 200
+        assert browser.get("/v1/session").json()["operator"] == f"ops-{unique}"
+        # ... nothing else does: a write is refused even where the key would have the scope
+        refused = browser.post("/v1/customers/c_x/unmerge", json={"alias": "c_y", "reason": "test"})
+        assert refused.status_code == 401
+        assert browser.get("/v1/keys").status_code == 403  # admin only: the session has read scopes
+        # the audit log names the operator
+        entries = http.get(f"{api}/v1/audit", params={"action": "session.create"}).json()["items"]
+        assert any(e["actor_name"] == f"operator:ops-{unique}" for e in entries)
+        assert browser.delete("/v1/session").status_code == 204
+        assert browser.get("/v1/indicators/definitions").status_code == 401
+    # the old cookie is dead after signing out, even presented by hand
+    token = cookie.split("crm_session=")[1].split(";")[0]
+    assert httpx.get(f"{api}/v1/indicators/definitions", cookies={"crm_session": token}).status_code == 401
+
+
+def test_a_disabled_operator_is_signed_out_and_an_api_key_gives_only_its_read_scopes(running, platform, unique):
+    _, api = running
+    add_operator(platform, f"gone-{unique}")
+    with httpx.Client(base_url=api) as browser:
+        assert browser.post("/v1/session", json={"username": f"gone-{unique}", "password": PASSWORD}).status_code == 200
+        done = crm(platform, "operators", "disable", f"gone-{unique}")
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: browser.get("/v1/ops/pipeline").status_code == 401, 15, "the session ended")
+        again = browser.post("/v1/session", json={"username": f"gone-{unique}", "password": PASSWORD})
+        assert again.status_code == 401
+    with httpx.Client(base_url=api) as browser:
+        made = browser.post("/v1/session", json={"api_key": platform.keys["indicators:read"]})
+        assert made.status_code == 200 and made.json()["scopes"] == ["indicators:read"]
+        assert browser.get("/v1/customers", params={"q": "x"}).status_code == 403
+        admin = browser.post("/v1/session", json={"api_key": platform.admin_key})
+        assert sorted(admin.json()["scopes"]) == ["customers:read", "indicators:read"]  # never admin
+        writer = browser.post("/v1/session", json={"api_key": platform.keys["events:write"]})
+        assert writer.status_code == 403 and "no read scope" in writer.json()["error"]
+        assert browser.post("/v1/session", json={"username": "x"}).status_code == 422
+    listed = crm(platform, "operators", "list")
+    assert f"gone-{unique}" in listed.stdout and "disabled" in listed.stdout
+
+
+def test_sessions_expire_and_guessing_is_slowed_down(platform, unique):
+    _, api = platform.api(CRM_SESSION_HOURS="0.001")  # 3.6 s
+    add_operator(platform, f"brief-{unique}")
+    with httpx.Client(base_url=api) as browser:
+        signed = browser.post("/v1/session", json={"username": f"brief-{unique}", "password": PASSWORD})
+        assert signed.status_code == 200 and "max-age=3" in signed.headers["set-cookie"].lower()
+        assert browser.get("/v1/indicators/definitions").status_code == 200
+        # the browser drops the cookie when it expires; the server refuses it then too, even presented by hand
+        token = signed.cookies["crm_session"]
+        expired = wait_for(lambda: (r := httpx.get(f"{api}/v1/indicators/definitions",
+                                                   cookies={"crm_session": token})).status_code == 401 and r, 30,
+                           "the session to expire")
+        assert "sign in again" in expired.json()["error"]
+        answers = [browser.post("/v1/session", json={"username": f"brief-{unique}", "password": f"guess {n}"})
+                   for n in range(12)]
+    assert [a.status_code for a in answers[:9]] == [401] * 9  # one attempt of the 10 went to signing in
+    assert answers[-1].status_code == 429 and int(answers[-1].headers["retry-after"]) >= 1
+    assert "too many sign-in attempts" in answers[-1].json()["error"]
+
+
+def test_pipeline_health_counts_what_flows_and_names_every_consumer(running, platform, unique):
+    collector, api = running
+    before = http.get(f"{api}/v1/ops/pipeline").json()
+    assert before["kafka"]["ok"] and before["database"]["ok"], (before["kafka"], before["database"])
+    http.post(f"{collector}/v1/events", json=[survey(unique, n, 4, f"p-{unique}@example.com") for n in range(5)]
+              ).raise_for_status()
+
+    def moved():
+        time.sleep(0.5)  # the answer is cached for 2 s per API process
+        p = http.get(f"{api}/v1/ops/pipeline").json()
+        return p["projected_total"] >= before["projected_total"] + 5 and p
+    after = wait_for(moved, 60, "the five events counted")
+    assert after["accepted_total"] >= before["accepted_total"] + 5
+    assert after["processed_total"] >= before["processed_total"] + 5
+    stages = {(c["group"], c["topic"]): c for c in after["consumers"]}
+    view = stages[(platform.processor_id, "crm.customer-events")]
+    assert view["stored_in"] == "postgresql" and view["lag"] == 0 and len(view["partitions"]) == 4
+    assert view["freshness_s"] is not None and view["freshness_s"] < 120
+    assert after["deadletters_total"] is not None and after["lag_total"] == 0
+    assert http.get(f"{api}/v1/ops/pipeline", key=platform.keys["customers:read"]).status_code == 403
+
+
+# -- the page in a browser ---------------------------------------------------------------------------------
+
+def text(driver, css: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def test_the_dashboard_in_a_browser_shows_numbers_moving_and_finds_a_customer(running, platform, unique):
+    from selenium.webdriver.common.by import By
+
+    collector, api = running
+    add_operator(platform, f"wall-{unique}", "Wall screen")
+    email = f"dash-{unique}@example.com"
+    http.post(f"{collector}/v1/events", json=[
+        {"id": f"{unique}-p", "source": "urn:crm", "type": "profile.updated", "time": now_iso(),
+         "data": {"email": email, "name": f"王芳 Wang{unique}", "company": "Acme"}},
+        survey(unique, 0, 5, email)]).raise_for_status()
+    expected = wait_for(lambda: http.get(f"{api}/v1/customers", params={"email": email}).json()["items"], 60,
+                        "the customer")[0]["customer_id"]
+
+    shots = Path(os.environ.get("CRM_TEST_SCREENSHOTS") or platform.log_dir / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        driver = chromium()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        sign_in(driver, api, f"wall-{unique}", PASSWORD)
+        assert text(driver, "#who") == "Wall screen"
+        assert "crm_session" not in driver.execute_script("return document.cookie")  # HttpOnly: not the page's
+        wait_for(lambda: text(driver, "#status").endswith("live"), 30, "the live stream")
+
+        # satisfaction: the CSAT tile's sample count grows as answers arrive over the stream
+        wait_for(lambda: text(driver, "#tile-csat .sub").startswith("n="), 30, "the first CSAT")
+        first = text(driver, "#tile-csat .sub")
+        http.post(f"{collector}/v1/events", json=[survey(unique, n, 1, email) for n in range(1, 4)]).raise_for_status()
+        wait_for(lambda: text(driver, "#tile-csat .sub") != first, 60, f"the CSAT tile to move from {first}")
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#slice-rows tr[data-member]"), 30,
+                 "a row per channel")
+        driver.save_screenshot(str(shots / f"dashboard-satisfaction-{unique}.png"))
+
+        # pipeline: totals grow as events flow; broker and database reachable
+        driver.find_element(By.CSS_SELECTOR, "nav button[data-tab='pipeline']").click()
+        wait_for(lambda: text(driver, "#p-kafka") == "reachable" and text(driver, "#p-database") == "reachable", 30,
+                 "reachability")
+        wait_for(lambda: text(driver, "#p-accepted-total") not in ("", "–"), 30, "the totals")
+        accepted = int(text(driver, "#p-accepted-total").replace(",", ""))
+        http.post(f"{collector}/v1/events", json=[survey(unique, n, 3, email) for n in range(4, 14)]).raise_for_status()
+        wait_for(lambda: int(text(driver, "#p-accepted-total").replace(",", "")) >= accepted + 10, 60, "accepted to grow")
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f"#consumers tr[data-group='{platform.processor_id}']"),
+                 30, "the stages' consumer rows")
+        driver.save_screenshot(str(shots / f"dashboard-pipeline-{unique}.png"))
+
+        # customers: a search by email opens that customer, with identities and the timeline
+        driver.find_element(By.CSS_SELECTOR, "nav button[data-tab='customers']").click()
+        driver.find_element(By.ID, "search-input").send_keys(email)
+        driver.find_element(By.CSS_SELECTOR, "#search-form button[type='submit']").click()
+        wait_for(lambda: driver.find_element(By.ID, "customer").get_attribute("data-customer") == expected, 30,
+                 "the customer opened")
+        assert f"Wang{unique}" in text(driver, "#c-name")
+        assert email in text(driver, "#c-identities")
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#c-timeline tr")) >= 5, 30, "the timeline")
+        # a name search finds the same customer
+        box = driver.find_element(By.ID, "search-input")
+        box.clear()
+        box.send_keys(f"Wang{unique}")
+        driver.find_element(By.CSS_SELECTOR, "#search-form button[type='submit']").click()
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f"#search-results li[data-customer='{expected}']"), 30,
+                 "the name search")
+        driver.save_screenshot(str(shots / f"dashboard-customer-{unique}.png"))
+
+        # Simplified Chinese, then signing out
+        driver.find_element(By.CSS_SELECTOR, "header .lang-toggle").click()
+        assert driver.title == "CRM 运营看板" and text(driver, "nav button[data-tab='customers']") == "客户查询"
+        driver.find_element(By.ID, "signout").click()
+        wait_for(lambda: driver.find_element(By.ID, "signin").is_displayed(), 20, "the sign-in form again")
+        status = driver.execute_script("return fetch('/v1/ops/pipeline').then(r => r.status)")
+        assert status == 401
+    finally:
+        driver.quit()
