@@ -53,7 +53,7 @@ import orjson
 import psycopg2
 import psycopg2.extras
 
-from bench.common import Context, PeakRss, Result, console, percentile, progress_bar, summary
+from bench.common import Context, CpuAccount, PeakRss, Result, console, percentile, progress_bar, stack_pids, summary
 from bench.ingest import pg_sessions, print_profile, profile_while
 
 TARGET_P99_MS = 15.0
@@ -375,8 +375,12 @@ def run(ctx: Context) -> list[Result]:
             with console.status(f"warming up the API ({warmup_s:g} s of each series) ..."):
                 drive(url, key, customer_paths[::-1], rate, warmup_s, _ok_customer, None, connections)
                 drive(url, key, lookup_paths[::-1], rate, warmup_s, _ok_lookup, None, connections)
+            # where the CPU goes per answered request: the API process, PostgreSQL, the rest
+            cpu = CpuAccount({"api": [service.proc.pid], "postgresql": [stack_pids(ctx.stack)["postgresql"]]})
+            cpu.start()
             customer = drive(url, key, customer_paths, rate, duration, _ok_customer,
                              "GET /v1/customers/{id}", connections, dsn)
+            cpu.stop()
             lookup = drive(url, key, lookup_paths, rate, duration, _ok_lookup,
                            "GET /v1/customers?<kind>=", connections, dsn)
         if profile:
@@ -404,7 +408,9 @@ def run(ctx: Context) -> list[Result]:
         _result("query.customer", "GET /v1/customers/{id} (the unified view) at a fixed rate, open loop",
                 customer, base_customer, "bare psycopg2 primary-key select of the same customer_view rows, one "
                                          "connection, same rate, open loop",
-                {**common, **({"profile": profiles["customer"]} if "customer" in profiles else {})}),
+                {**common, "cpu_seconds": {k: round(v, 2) for k, v in cpu.seconds.items()},
+                 "cpu_ms_per_request": cpu.per_event_ms(len(customer.ms)),
+                 **({"profile": profiles["customer"]} if "customer" in profiles else {})}),
         _result("query.lookup", "GET /v1/customers?<kind>=<value> (find a customer by an identifier) at a "
                                 "fixed rate, open loop", lookup, base_lookup,
                 "bare psycopg2 select of the same customer_view rows by the identifier's stored key "
@@ -424,5 +430,6 @@ def run(ctx: Context) -> list[Result]:
                     f"{sum(d['errors'].values())}, {d['api'].get('pg_sessions_per_request')} new PostgreSQL sessions per "
                     f"request; bare psycopg2 p99 {r.baseline} ms; "
                     f"{'met' if r.met else 'missed'}")
-    console.log(f"API peak RSS {rss.peak_mib} MiB")
+    console.log(f"API peak RSS {rss.peak_mib} MiB; CPU per GET /v1/customers/{{id}} (ms): "
+                f"{results[0].details['cpu_ms_per_request']}")
     return results

@@ -281,9 +281,9 @@ def test_kafka_refuses_wrong_credentials_an_unknown_ca_and_plaintext_clearly(sec
         environ(**env)
         started = time.monotonic()
         # long enough for a TLS and SCRAM handshake on a busy machine to get as far as the refusal
-        assert kafka_admin.main(["ready", "--bootstrap", bootstrap, "--timeout", "12"]) == 1
+        assert kafka_admin.main(["ready", "--bootstrap", bootstrap, "--timeout", "30"]) == 1
         said = capsys.readouterr().err
-        assert reason in said and time.monotonic() - started < 40, said
+        assert reason in said and time.monotonic() - started < 60, said
         assert_no_secret(secured, said)
         assert wrong not in said
 
