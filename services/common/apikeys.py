@@ -20,7 +20,7 @@ import secrets
 import string
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
@@ -246,10 +246,8 @@ def verify(cur, presented: str) -> Key | None:
     key = _key(row[:-1])
     if key.revoked_at is not None or key.kind != parsed.kind:
         return None
-    if key.expires_at is not None:
-        cur.execute("SELECT %s <= now()", (key.expires_at,))
-        if cur.fetchone()[0]:
-            return None
+    if key.expires_at is not None and key.expires_at <= datetime.now(timezone.utc):
+        return None  # a dashboard session that has expired
     cur.execute("""UPDATE api_key SET last_used_at = now()
                    WHERE id = %s AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')""",
                 (key.id,))

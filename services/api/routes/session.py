@@ -105,12 +105,18 @@ def _key_session(app, presented: str, ip: str | None):
     return made
 
 
+async def _cookie_session(request: Request) -> tuple[str | None, apikeys.Key | None]:
+    """The cookie's value and the live session it names (None: no cookie, or not a live session)."""
+    presented = request.cookies.get(COOKIE)
+    key = await run_in_threadpool(request.app.state.auth.store.verify, presented) if presented else None
+    return presented, key if key is not None and key.expires_at is not None else None
+
+
 @router.get("", response_model=SessionOut, responses={401: {}})
 async def who_am_i(request: Request):
     """The session the cookie holds (401: none, expired or ended)."""
-    presented = request.cookies.get(COOKIE)
-    key = presented and await run_in_threadpool(request.app.state.auth.store.verify, presented)
-    if not key or key.expires_at is None:
+    presented, key = await _cookie_session(request)
+    if key is None:
         return _problem(401, "not signed in")
     return _out(key)
 
@@ -118,9 +124,8 @@ async def who_am_i(request: Request):
 @router.delete("", status_code=204, responses={204: {"description": "signed out"}})
 async def sign_out(request: Request) -> Response:
     """End the session of the cookie (if any) and clear the cookie."""
-    presented = request.cookies.get(COOKIE)
-    key = presented and await run_in_threadpool(request.app.state.auth.store.verify, presented)
-    if key and key.expires_at is not None:
+    presented, key = await _cookie_session(request)
+    if key is not None:
         def end() -> None:
             with request.app.state.writer.transaction() as cur:
                 apikeys.revoke(cur, key.id, revoked_by=f"{key.label}: signed out")
