@@ -3,7 +3,7 @@
 # demo simulator) in the background, with pid files and logs under $CRM_HOME.
 #
 # usage: deploy/services.sh {start|stop|status} [service...]
-#   services: ingest processor api webhooks simulator (start default: ingest processor api webhooks)
+#   services: ingest processor api webhooks mail simulator (start default: ingest processor api webhooks mail)
 #
 # Environment: CRM_HOME (<repo>/.crm), CRM_VENV (<repo>/.venv), and the CRM_* settings of the
 # services themselves (CRM_KAFKA_BOOTSTRAP, CRM_PG_DSN, CRM_INGEST_PORT, CRM_API_PORT, CRM_WEBHOOKS_PORT, ...).
@@ -45,6 +45,7 @@ command_of() {
     processor) echo "$VENV/bin/crm-processor" ;;
     api) echo "$VENV/bin/crm-api" ;;
     webhooks) echo "$VENV/bin/crm-webhooks" ;;
+    mail) echo "$VENV/bin/crm-mail" ;;
     # shellcheck disable=SC2086
     simulator) echo "$VENV/bin/crm-simulator ${CRM_SIMULATOR_ARGS:---rate 20 --loop}" ;;
     *) echo "services: unknown service $1" >&2; exit 2 ;;
@@ -57,6 +58,7 @@ health_url() {
     api) echo "http://127.0.0.1:${CRM_API_PORT:-8000}/healthz" ;;
     processor) echo "http://127.0.0.1:${CRM_PROCESSOR_WEB_PORT:-6066}/healthz" ;;
     webhooks) echo "http://127.0.0.1:${CRM_WEBHOOKS_PORT:-8090}/healthz" ;;
+    mail) echo "http://127.0.0.1:${CRM_MAIL_WEB_PORT:-8025}/healthz" ;;
     *) echo "" ;;
   esac
 }
@@ -81,7 +83,8 @@ ensure_keys() {
   chmod 700 "$KEY_DIR"
   ensure_key simulator demo-simulator events:write
   ensure_key operator demo-operator admin
-  say "API keys in $KEY_DIR/ (mode 0600): operator.key (admin), simulator.key (events:write); e.g."
+  ensure_key mail demo-mail events:write
+  say "API keys in $KEY_DIR/ (mode 0600): operator.key (admin), simulator.key and mail.key (events:write); e.g."
   say "  curl -H \"Authorization: Bearer \$(cat $KEY_DIR/operator.key)\" http://127.0.0.1:${CRM_API_PORT:-8000}/v1/indicators"
   ensure_operator
 }
@@ -108,7 +111,7 @@ start_one() {
   if running "$name"; then say "$name already running (pid $(cat "$RUN_DIR/$name.pid"))"; return 0; fi
   local cmd; cmd=$(command_of "$name")
   local -a with_key=()  # the simulator's key, in its environment only
-  if [[ $name == simulator ]]; then with_key=(env "CRM_API_KEY=$(cat "$KEY_DIR/simulator.key")"); fi
+  if [[ $name == simulator || $name == mail ]]; then with_key=(env "CRM_API_KEY=$(cat "$KEY_DIR/$name.key")"); fi
   # shellcheck disable=SC2086
   setsid nohup "${with_key[@]}" $cmd >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
   echo $! > "$RUN_DIR/$name.pid"
@@ -138,13 +141,13 @@ stop_one() {
 action=${1:-}
 shift || true
 case $action in
-  start) ensure_master_key; ensure_keys; for s in "${@:-ingest processor api webhooks}"; do for t in $s; do start_one "$t"; done; done ;;
-  stop) for s in "${@:-simulator webhooks api processor ingest}"; do for t in $s; do stop_one "$t"; done; done ;;
+  start) ensure_master_key; ensure_keys; for s in "${@:-ingest processor api webhooks mail}"; do for t in $s; do start_one "$t"; done; done ;;
+  stop) for s in "${@:-simulator mail webhooks api processor ingest}"; do for t in $s; do stop_one "$t"; done; done ;;
   status)
     rc=0
-    for s in ${*:-ingest processor api webhooks simulator}; do
+    for s in ${*:-ingest processor api webhooks mail simulator}; do
       if running "$s"; then say "$s running (pid $(cat "$RUN_DIR/$s.pid"))"; else say "$s not running"; rc=3; fi
     done
     exit $rc ;;
-  *) echo "usage: $0 {start|stop|status} [ingest|processor|api|webhooks|simulator ...]" >&2; exit 2 ;;
+  *) echo "usage: $0 {start|stop|status} [ingest|processor|api|webhooks|mail|simulator ...]" >&2; exit 2 ;;
 esac

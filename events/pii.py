@@ -34,8 +34,9 @@ CLASSIFICATION = {"dataclassification": "restricted", "datacategory": "personal"
 
 _TEXT = ("subject", "body_text")
 PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "email.received": ("to.*", "cc.*") + _TEXT,
-    "email.sent": ("to.*", "cc.*") + _TEXT,
+    "email.received": ("to.*", "cc.*", "attachments.*.filename") + _TEXT,
+    "email.sent": ("to.*", "cc.*", "attachments.*.filename") + _TEXT,
+    "web.identified": ("traits",),
     "call.ended": ("notes",),
     "order.refunded": ("reason",),
     "survey.answered": ("comment",),

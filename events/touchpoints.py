@@ -32,6 +32,15 @@ class TouchpointData(BaseModel):
 
 # --- email -------------------------------------------------------------------------------------
 
+class Attachment(BaseModel):
+    """An attachment as recorded: its name, type and size only (the content is never kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+    filename: Annotated[str, Field(max_length=500)] | None = None
+    content_type: Str200 = "application/octet-stream"
+    size: int = Field(ge=0, description="decoded size in bytes")
+
+
 class EmailData(TouchpointData):
     thread_id: Str200 | None = None
     message_id: Str200
@@ -43,6 +52,8 @@ class EmailData(TouchpointData):
     in_reply_to: Str200 | None = None
     references: list[Str200] = Field(default_factory=list, max_length=100)
     agent: Str200 | None = Field(None, description="agent who sent or owns the thread")
+    attachments: list[Attachment] = Field(default_factory=list, max_length=100,
+                                          description="attachments by name, type and size (never their content)")
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -113,6 +124,22 @@ class WebPageViewed(WebData):
 
 class WebSessionStarted(WebData):
     pass
+
+
+class WebIdentified(WebData):
+    """The visitor said who they are (a login or sign-up): the cookie is linked to ``user_id`` and,
+    when given, ``email`` and ``phone``."""
+
+    user_id: Str200 = Field(description="the account id the visitor logged in or signed up as")
+    traits: dict[str, object] = Field(default_factory=dict, description="what the page knows of the user "
+                                                                        "(name, plan, ...)")
+
+
+class WebTracked(WebData):
+    """Something the visitor did on the page (Segment's ``track``): ``event`` names it, e.g.
+    ``Product Added``, ``Checkout Started``; ``properties`` carry its details."""
+
+    event: Str200 = Field(description="what the visitor did, e.g. 'Product Added'")
 
 
 # --- orders ------------------------------------------------------------------------------------
@@ -324,6 +351,8 @@ EVENT_TYPES: dict[str, EventType] = {t.name: t for t in (
     _t("call.abandoned", CallAbandoned, "phone", ("phone", "phone_number")),
     _t("web.page_viewed", WebPageViewed, "web", ("account_id", "user_id")),
     _t("web.session_started", WebSessionStarted, "web", ("account_id", "user_id")),
+    _t("web.identified", WebIdentified, "web", ("account_id", "user_id")),
+    _t("web.tracked", WebTracked, "web", ("account_id", "user_id")),
     _t("order.placed", OrderPlaced, "shop"),
     _t("order.paid", OrderPaid, "shop"),
     _t("order.refunded", OrderRefunded, "shop"),

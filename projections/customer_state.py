@@ -110,7 +110,7 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "contains": lambda a, b: a is not None and b in a,
     "exists": lambda a, b: (a is not None) == bool(b),
 }
-_EVENT_KEYS = {"event", "within_days", "at_least", "at_most", "path_matches", "channel", "kind", "direction"}
+_EVENT_KEYS = {"event", "within_days", "at_least", "at_most", "path_matches", "channel", "kind", "direction", "name"}
 
 
 # -- conditions -------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class Condition:
     at_least: int = 1
     at_most: int | None = None
     path: re.Pattern | None = None
-    match: tuple[tuple[str, str], ...] = ()  # (entry key, required value): channel, kind, direction
+    match: tuple[tuple[str, str], ...] = ()  # (entry key, required value): channel, kind, direction, name
 
 
 def parse_condition(raw: Any, where: str, facts: frozenset[str]) -> Condition:
@@ -185,7 +185,7 @@ def parse_condition(raw: Any, where: str, facts: frozenset[str]) -> Condition:
             path = re.compile(raw["path_matches"]) if "path_matches" in raw else None
         except (re.error, TypeError) as exc:
             raise RulesError(f"{where}: 'path_matches' is not a regular expression: {exc}") from None
-        match = tuple(sorted((k, str(raw[k])) for k in ("channel", "kind", "direction") if k in raw))
+        match = tuple(sorted((k, str(raw[k])) for k in ("channel", "kind", "direction", "name") if k in raw))
         return Condition("event", types=frozenset(types), within=timedelta(days=within), at_least=at_least,
                          at_most=at_most, path=path, match=match)
     raise RulesError(f"{where}: a condition needs one of all, any, not, field, event (got {', '.join(sorted(keys))})")

@@ -23,7 +23,7 @@ View = dict[str, Any]
 
 CONTACT_TYPES = frozenset({
     "email.received", "email.sent", "call.started", "call.answered", "call.ended", "call.abandoned",
-    "web.page_viewed", "web.session_started", "order.placed", "order.paid", "order.refunded", "order.shipped",
+    "web.page_viewed", "web.session_started", "web.tracked", "order.placed", "order.paid", "order.refunded", "order.shipped",
     "survey.answered", "ticket.opened", "ticket.replied", "ticket.resolved", "ticket.reopened",
 })
 """Touchpoint types that are a contact with the customer (profile, identity and consent events are not)."""
@@ -202,6 +202,8 @@ def _activity(kind: str, at: str, event: CustomerEvent) -> dict:
     entry = {"at": at, "event": event.key, "type": kind, "channel": event.channel}
     if kind.startswith("web."):
         entry["path"] = urlsplit(str(event.data.get("url", ""))).path[:200]
+        if kind == "web.tracked":
+            entry["name"] = str(event.data.get("event", ""))[:200]
     elif kind.startswith("ticket."):
         entry["kind"] = event.data.get("kind")
     elif kind.startswith("call."):

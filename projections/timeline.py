@@ -18,9 +18,14 @@ def _seconds(value: Any) -> str:
     return f"{s // 60}m{s % 60:02d}s"
 
 
+def _attached(d: dict[str, Any]) -> str:
+    n = len(d.get("attachments") or ())
+    return f" ({n} attachment{'s' if n != 1 else ''})" if n else ""
+
+
 _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
-    "email.received": lambda d: f"Email received: {d.get('subject') or '(no subject)'}",
-    "email.sent": lambda d: f"Email sent: {d.get('subject') or '(no subject)'}",
+    "email.received": lambda d: f"Email received: {d.get('subject') or '(no subject)'}" + _attached(d),
+    "email.sent": lambda d: f"Email sent: {d.get('subject') or '(no subject)'}" + _attached(d),
     "call.started": lambda d: f"Call started ({d.get('direction', 'inbound')}, queue {d.get('queue') or '-'})",
     "call.answered": lambda d: f"Call answered by {d.get('agent') or 'an agent'} after {_seconds(d.get('wait_seconds'))}",
     "call.ended": lambda d: f"Call ended, talked {_seconds(d.get('talk_seconds'))}"
@@ -28,6 +33,8 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "call.abandoned": lambda d: f"Call abandoned after waiting {_seconds(d.get('wait_seconds'))}",
     "web.page_viewed": lambda d: f"Viewed {d.get('title') or d.get('url')}",
     "web.session_started": lambda d: f"Web visit started at {d.get('url')}",
+    "web.identified": lambda d: f"Signed in on the web as {d.get('user_id')}",
+    "web.tracked": lambda d: f"{d.get('event')} on {d.get('title') or d.get('url')}",
     "order.placed": lambda d: f"Order {d.get('order_id')} placed: {_money(d, 'total')}",
     "order.paid": lambda d: f"Order {d.get('order_id')} paid: {_money(d, 'amount')}",
     "order.refunded": lambda d: f"Order {d.get('order_id')} refunded: {_money(d, 'amount')}",

@@ -151,6 +151,32 @@ class Settings(BaseSettings):
     api_key: SecretStr = Field(SecretStr(""), description="the API key this client sends (CRM_API_KEY): "
                                                           "crm-simulator; never logged")
 
+    # channel adapters (services/ingest/adapters, services/mail; README: Channel adapters)
+    public_url: str = Field("", description="the collector's URL as callers outside see it (https://crm.example.com), "
+                                            "used in survey links and to check Twilio signatures; empty: the URL "
+                                            "each request was made to")
+    twilio_auth_token: SecretStr | None = Field(None, description="the Twilio account's auth token; Twilio signs "
+                                                                  "its callbacks with it (CRM_TWILIO_AUTH_TOKEN)")
+    shopify_webhook_secret: SecretStr | None = Field(None, description="the Shopify app's client secret; Shopify "
+                                                                       "signs order webhooks with it")
+    woocommerce_webhook_secret: SecretStr | None = Field(None, description="the secret of the WooCommerce "
+                                                                           "webhooks (WooCommerce → Settings → "
+                                                                           "Advanced → Webhooks)")
+    survey_link_days: float = Field(14.0, gt=0, le=365, description="how long a survey link can be answered")
+    tracker_cookie_days: int = Field(365, ge=1, le=730, description="lifetime of the web tracker's anonymous-id "
+                                                                    "cookie")
+    mail_host: str = "127.0.0.1"
+    mail_port: int = Field(2525, description="the SMTP receiver's port (crm-mail)")
+    mail_web_port: int = Field(8025, description="crm-mail's /healthz and /metrics")
+    mail_domains: str = Field("shop.example.com", description="the company's own mail domains, comma-separated: "
+                                                              "mail from them is email.sent, to them email.received")
+    mail_capture_address: str = Field("crm-capture@shop.example.com",
+                                      description="BCC this address (or relay through crm-mail) to capture "
+                                                  "outbound mail as email.sent")
+    mail_max_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="largest message crm-mail accepts")
+    collector_url: str = Field("http://127.0.0.1:8080", description="the collector crm-mail and the simulator "
+                                                                    "post to (CRM_COLLECTOR_URL)")
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -59,17 +59,19 @@ class CollectorGuard:
 
         app.add_middleware(_CorsForPublishableKeys)
 
-    def limit_events(self, caller: Caller, items: list[Any]) -> JSONResponse | None:
-        """None when the key's and the sources' buckets take these events, else the 429."""
+    def limit_events(self, caller: Caller | None, items: list[Any]):
+        """None when the key's and the sources' buckets take these events, else the 429 ``Outcome``
+        (``caller`` None: a request a platform signed, charged to its sources only)."""
+        from services.ingest.intake import Outcome
+
         sources = Counter(str(i.get("source"))[:200] if isinstance(i, dict) and isinstance(i.get("source"), str)
                           else "" for i in items)
-        wants = [self.auth.key_want(caller, len(items), "events"),
+        wants = [*([self.auth.key_want(caller, len(items), "events")] if caller is not None else []),
                  *(self.auth.source_want(source, n) for source, n in sources.items())]
         try:
             self.auth.limit(wants)
         except AuthProblem as exc:
-            return JSONResponse({"error": exc.message, "detail": exc.detail}, status_code=exc.status,
-                                headers=exc.headers)
+            return Outcome(exc.status, error=exc.message, detail=exc.detail, headers=exc.headers)
         return None
 
     @staticmethod

@@ -620,7 +620,15 @@ class _Journey:
                 data["referrer"] = prev_url
                 if login_at is not None and i == login_at:
                     data["properties"] = {**data["properties"], "event": "login"}
+            if page == "cart" and i > 0 and pages[i - 1][1] is not None:  # the tracker's add-to-cart
+                product = pages[i - 1][1]
+                self.emit("web.tracked", "web", {**data, "url": prev_url, "title": self.url(*pages[i - 1])[1],
+                                                 "event": "Product Added", "properties": {
+                                                     **data["properties"], "sku": product.sku, "quantity": 1}})
+                self.later(1, 5)
             self.emit("web.page_viewed", "web", data)
+            if login_at is not None and i == login_at:  # the tracker's identify() after the login
+                self.emit("web.identified", "web", {**data, "user_id": user, "traits": {"locale": self.p.language}})
             self.later(8, 180)
 
     def browse_pages(self, products: list[Product], *, to_cart: bool) -> list[tuple[str, Product | None]]:

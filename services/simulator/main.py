@@ -1,9 +1,10 @@
 """``crm-simulator``: post simulated customer journeys to the collector at a steady rate.
 
 The events come from ``services.simulator.journeys`` (deterministic for a seed); this module only
-paces, batches and posts them to ``POST {collector}/v1/events``, retries what the collector asks to
-retry (503 with Retry-After, connection errors), and reports what happened. It talks to the
-collector URL it is given and nothing else.
+paces, batches and sends them with the Python SDK (``crm_sdk``): ``POST {collector}/v1/events``
+through ``crm_sdk.Sender``, which retries what the collector asks to retry (429 and 503 with
+Retry-After, connection errors), or with ``--kafka`` straight to ``crm.touchpoints`` through
+``crm_sdk.KafkaSink`` (validated and sealed with the key vault). It reports what happened.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterable, Iterator
 
 import httpx
@@ -26,13 +26,13 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from crm_sdk.http import RETRYABLE_STATUS, Sender, SendResult as BatchResult, events_url, retry_after_seconds
 from services.simulator.journeys import JourneyGenerator
 
 DEFAULT_COLLECTOR = "http://127.0.0.1:8080"
 MAX_EVENT_BYTES = 32 * 1024
 # The collector refuses bodies over 500 KiB; stay a little under so brackets and commas never tip it over.
 MAX_BATCH_BYTES = 480 * 1024
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = "crm-simulator/0.1"
 
 Wait = Callable[[float], bool]
@@ -109,139 +109,16 @@ class Stats:
         return self.rejected == 0 and self.failed == 0
 
 
-@dataclass
-class BatchResult:
-    """The outcome of posting one batch, after retries."""
-
-    accepted: list[str] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    failed: int = 0
-    retries: int = 0
-    error: str | None = None
-
-
 # --- posting -------------------------------------------------------------------------------------
 
-def events_url(collector: str) -> str:
-    """The collector's batch endpoint for a collector base URL (http or https only)."""
-    url = httpx.URL(collector)
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"the collector URL must be http(s)://host[:port], not {collector!r}")
-    base = str(url).rstrip("/")
-    return base if base.endswith("/v1/events") else f"{base}/v1/events"
+class KafkaSender:
+    """``--kafka``: the SDK's direct producer behind the ``Sender`` interface (sealed with the vault)."""
 
-
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta seconds or an HTTP date), or None if absent/unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
-
-
-class Sender:
-    """Posts batches of events to the collector, retrying transient failures a bounded number of times.
-
-    Re-posting a batch is safe: the collector deduplicates events by ``source`` + ``id``.
-    """
-
-    def __init__(self, client: httpx.Client, collector: str, *, max_retries: int = 8, backoff: float = 0.5,
-                 max_backoff: float = 30.0, max_retry_after: float = 60.0, wait: Wait | None = None,
-                 on_retry: Callable[[str, float], None] | None = None):
-        self.client = client
-        self.url = events_url(collector)
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
-        self.wait: Wait = wait or _sleep
-        self.on_retry = on_retry or (lambda problem, delay: None)
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        return min(self.backoff * 2 ** attempt, self.max_backoff)
+    def __init__(self, sink):
+        self.sink = sink
 
     def send(self, events: list[dict[str, Any]], encoded: list[bytes] | None = None) -> BatchResult:
-        """Post one batch; returns the accepted ids, the rejected entries and how many events were given up."""
-        if not events:
-            return BatchResult()
-        encoded = encoded if encoded is not None else [orjson.dumps(e) for e in events]
-        body = b"[" + b",".join(encoded) + b"]"
-        result = BatchResult()
-        attempt = 0
-        while True:
-            retry_after: float | None = None
-            try:
-                response = self.client.post(self.url, content=body, headers={"Content-Type": "application/json"})
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                status = response.status_code
-                if status in (200, 202):
-                    payload = _json(response)
-                    result.accepted = list(payload.get("accepted", []))
-                    result.rejected = list(payload.get("rejected", []))
-                    return result
-                if status == 413 and len(events) > 1:
-                    return self._split(events, encoded, result)
-                if status in (400, 413):
-                    payload = _json(response)
-                    result.rejected = list(payload.get("rejected") or [
-                        {"index": i, "id": e.get("id"), "reason": f"http_{status}",
-                         "errors": [{"field": "", "message": str(payload.get("error", response.text[:200]))}]}
-                        for i, e in enumerate(events)])
-                    return result
-                if status not in RETRYABLE_STATUS:
-                    result.failed = len(events)
-                    result.error = f"HTTP {status}: {response.text[:300]}" + (
-                        " (set CRM_API_KEY to a key with the scope events:write)" if status in (401, 403) else "")
-                    return result
-                problem = f"HTTP {status}"
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-            if attempt >= self.max_retries:
-                result.failed = len(events)
-                result.error = f"gave up after {attempt + 1} attempts: {problem}"
-                return result
-            result.retries += 1
-            delay = self._delay(attempt, retry_after)
-            self.on_retry(problem, delay)
-            if self.wait(delay):
-                result.failed = len(events)
-                result.error = f"stopped while retrying: {problem}"
-                return result
-            attempt += 1
-
-    def _split(self, events: list[dict[str, Any]], encoded: list[bytes], result: BatchResult) -> BatchResult:
-        # 413 for a multi-event batch means the body was too big: halve it rather than lose it
-        mid = len(events) // 2
-        for lo, hi in ((0, mid), (mid, len(events))):
-            part = self.send(events[lo:hi], encoded[lo:hi])
-            result.accepted += part.accepted
-            result.rejected += [{**r, "index": r.get("index", 0) + lo} if isinstance(r.get("index"), int) else r
-                                for r in part.rejected]
-            result.failed += part.failed
-            result.retries += part.retries
-            result.error = result.error or part.error
-        return result
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        payload = response.json()
-    except ValueError:
-        return {}
-    return payload if isinstance(payload, dict) else {}
+        return self.sink.send(events)
 
 
 # --- pacing and batching ---------------------------------------------------------------------------
@@ -490,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true",
                    help="after all customers, continue with new customers until --duration/--max-events/Ctrl-C")
     p.add_argument("--quiet", action="store_true", help="no progress display; only problems and the summary")
+    p.add_argument("--kafka", metavar="BOOTSTRAP", nargs="?", const="settings",
+                   help="write straight to crm.touchpoints with the SDK's Kafka producer instead of posting to the "
+                        "collector (a trusted producer: needs CRM_PG_DSN and the master key to seal personal data; "
+                        "default bootstrap: CRM_KAFKA_BOOTSTRAP)")
     return p
 
 
@@ -541,7 +422,19 @@ def run(argv: list[str] | None = None, *, transport: httpx.BaseTransport | None 
     # trust_env=False: no proxy from the environment, so requests only ever go to the given collector
     client = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False, follow_redirects=False,
                           headers={"User-Agent": USER_AGENT, **auth_headers(api_key())}, transport=transport)
-    sender = Sender(client, args.collector, wait=stop.wait, on_retry=reporter.retrying)
+    sink = None
+    if args.kafka:
+        from crm_sdk.kafka import KafkaSink, VaultSealer
+        from services.common import settings as settings_mod
+        from services.common.kafka_security import KafkaSecurity
+
+        settings = settings_mod.load()
+        sink = KafkaSink(settings.kafka_bootstrap if args.kafka == "settings" else args.kafka,
+                         sealer=VaultSealer.from_settings(settings), default_region=settings.default_region,
+                         **KafkaSecurity.from_settings(settings).kafka_python())
+        sender = KafkaSender(sink)
+    else:
+        sender = Sender(client, args.collector, wait=stop.wait, on_retry=reporter.retrying)
     pump = Pump(sender, rate=args.rate, batch_size=args.batch, wait=stop.wait,
                 on_progress=reporter.progress, on_problem=reporter.problem)
     reason = "done"
@@ -559,6 +452,8 @@ def run(argv: list[str] | None = None, *, transport: httpx.BaseTransport | None 
         stats, reason = pump.stats, "interrupted"
     finally:
         client.close()
+        if sink is not None:
+            sink.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     reporter.summary(stats, reason=reason)
