@@ -64,7 +64,8 @@ KEPT_TABLES = ("schema_migrations", "processor_offsets", "feed_outbox", "indicat
                "replay_run", "deadletter_redrive", "webhook_subscription", "webhook_event", "webhook_delivery", "webhook_attempt",
                "privacy_subject", "privacy_erasure",
                "api_key", "audit_log",  # security: API keys and the audit log (008_security.sql)
-               "operator")  # the dashboard's operators (011_dashboard.sql)
+               "operator",  # the dashboard's operators (011_dashboard.sql)
+               "survey_response")  # which survey links were answered: single use (012_surveys.sql)
 """Tables that are not folds of the log, never rebuilt (a test checks every table is classified)."""
 
 HISTORY = {"identity_change", "identity_state", "customer_view_change", "customer_view_alias"}
