@@ -210,6 +210,14 @@ class Platform:
         return self._start("webhooks", "crm-webhooks", f"http://127.0.0.1:{port}/healthz",
                            CRM_WEBHOOKS_PORT=str(port), CRM_WEBHOOKS_ID=f"{self.processor_id}-webhooks", **env)
 
+    def mail(self, collector: str, **env: str) -> tuple[Service, int]:
+        """``crm-mail`` posting to ``collector`` with an events:write key; returns it and its SMTP port."""
+        smtp_port, web_port = free_port(), free_port()
+        svc = self._start("mail", "crm-mail", f"http://127.0.0.1:{web_port}/healthz", CRM_MAIL_PORT=str(smtp_port),
+                          CRM_MAIL_WEB_PORT=str(web_port), CRM_COLLECTOR_URL=collector,
+                          CRM_API_KEY=self.keys["events:write"], **env)
+        return svc, smtp_port
+
     def stop_all(self) -> None:
         for svc in reversed(self.services):
             svc.stop()

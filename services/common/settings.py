@@ -174,6 +174,11 @@ class Settings(BaseSettings):
                                       description="BCC this address (or relay through crm-mail) to capture "
                                                   "outbound mail as email.sent")
     mail_max_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="largest message crm-mail accepts")
+    mail_relay_host: str = Field("", description="smarthost (host or host:port) crm-mail forwards the company's "
+                                                 "outbound mail to, after recording it; empty: no relaying")
+    mail_source_name: str = Field("", description="names crm-mail in its events' source (urn:crm:mail:<name>); "
+                                                  "keep it stable so a re-delivered message stays one event; "
+                                                  "empty: the host name")
     collector_url: str = Field("http://127.0.0.1:8080", description="the collector crm-mail and the simulator "
                                                                     "post to (CRM_COLLECTOR_URL)")
 
@@ -203,6 +208,12 @@ class Settings(BaseSettings):
 
         rules(value)
         return value
+
+    @field_validator("twilio_auth_token", "shopify_webhook_secret", "woocommerce_webhook_secret")
+    @classmethod
+    def _unset_when_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # docker-compose passes an unset variable as "": that adapter is not configured
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @field_validator("webhooks_retry_schedule_s")
     @classmethod
