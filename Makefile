@@ -54,10 +54,10 @@ infra-down:
 	-deploy/postgres.sh stop
 
 up: infra-up
-	deploy/services.sh start ingest processor api webhooks
+	deploy/services.sh start ingest processor api webhooks mail
 
 demo: up
-	deploy/services.sh start simulator
+	deploy/services.sh start shop simulator
 	@echo
 	@echo "  CRM platform is running with demo traffic:"
 	@echo "    collector      http://127.0.0.1:$${CRM_INGEST_PORT:-8080}/v1/events   (docs: /docs)"
@@ -65,6 +65,9 @@ demo: up
 	@echo "    dashboard      http://127.0.0.1:$${CRM_API_PORT:-8000}/dashboard      (中文/English; sign in as demo, password in $(CRM_HOME)/keys/dashboard.password)"
 	@echo "    processor      http://127.0.0.1:$${CRM_PROCESSOR_WEB_PORT:-6066}/metrics"
 	@echo "    webhooks       http://127.0.0.1:$${CRM_API_PORT:-8000}/v1/webhooks    (dispatcher: :$${CRM_WEBHOOKS_PORT:-8090}/metrics)"
+	@echo "    mail (SMTP)    127.0.0.1:$${CRM_MAIL_PORT:-2525}  for @shop.example.com   (crm-mail: :$${CRM_MAIL_WEB_PORT:-8025}/metrics)"
+	@echo "    demo shop      http://127.0.0.1:$${CRM_SHOP_PORT:-8081}/index.html?collector=http://127.0.0.1:$${CRM_INGEST_PORT:-8080}&key=$$(cat $(CRM_HOME)/keys/shop.key)"
+	@echo "                   (the web tracker: browse, sign in, add to cart; README: Channel adapters)"
 	@echo "    Kafka          127.0.0.1:$${CRM_KAFKA_PORT:-9092}    PostgreSQL 127.0.0.1:$${CRM_PG_PORT:-5432}/crm"
 	@echo "    logs           $(CRM_HOME)/logs/"
 	@echo "    API keys       $(CRM_HOME)/keys/operator.key (admin), simulator.key (events:write); send them as"

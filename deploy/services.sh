@@ -3,7 +3,7 @@
 # demo simulator) in the background, with pid files and logs under $CRM_HOME.
 #
 # usage: deploy/services.sh {start|stop|status} [service...]
-#   services: ingest processor api webhooks mail simulator (start default: ingest processor api webhooks mail)
+#   services: ingest processor api webhooks mail shop simulator (start default: ingest processor api webhooks mail)
 #
 # Environment: CRM_HOME (<repo>/.crm), CRM_VENV (<repo>/.venv), and the CRM_* settings of the
 # services themselves (CRM_KAFKA_BOOTSTRAP, CRM_PG_DSN, CRM_INGEST_PORT, CRM_API_PORT, CRM_WEBHOOKS_PORT, ...).
@@ -46,6 +46,8 @@ command_of() {
     api) echo "$VENV/bin/crm-api" ;;
     webhooks) echo "$VENV/bin/crm-webhooks" ;;
     mail) echo "$VENV/bin/crm-mail" ;;
+    # the demo shop's static pages (examples/shop), on an origin of their own for the web tracker
+    shop) echo "$VENV/bin/python -m http.server ${CRM_SHOP_PORT:-8081} --bind 127.0.0.1 --directory $REPO/examples/shop" ;;
     # shellcheck disable=SC2086
     simulator) echo "$VENV/bin/crm-simulator ${CRM_SIMULATOR_ARGS:---rate 20 --loop}" ;;
     *) echo "services: unknown service $1" >&2; exit 2 ;;
@@ -59,11 +61,12 @@ health_url() {
     processor) echo "http://127.0.0.1:${CRM_PROCESSOR_WEB_PORT:-6066}/healthz" ;;
     webhooks) echo "http://127.0.0.1:${CRM_WEBHOOKS_PORT:-8090}/healthz" ;;
     mail) echo "http://127.0.0.1:${CRM_MAIL_WEB_PORT:-8025}/healthz" ;;
+    shop) echo "http://127.0.0.1:${CRM_SHOP_PORT:-8081}/index.html" ;;
     *) echo "" ;;
   esac
 }
 
-# ensure_key NAME KEY_NAME SCOPES: $KEY_DIR/NAME.key holds a live key, made now if needed.
+# ensure_key NAME KEY_NAME SCOPES [crm keys create options]: $KEY_DIR/NAME.key holds a live key, made now if needed.
 ensure_key() {
   local file=$KEY_DIR/$1.key rc=0
   if [[ -s $file ]]; then
@@ -73,7 +76,7 @@ ensure_key() {
     say "the $1 API key in $file is not live in this database; making a new one"
     rm -f "$file"
   fi
-  "$VENV/bin/crm" keys create --name "$2" --scopes "$3" --key-file "$file" >/dev/null \
+  "$VENV/bin/crm" keys create --name "$2" --scopes "$3" "${@:4}" --key-file "$file" >/dev/null \
     || { say "could not create the $1 API key"; return 1; }
   say "created the $1 API key ($3)"
 }
@@ -84,7 +87,8 @@ ensure_keys() {
   ensure_key simulator demo-simulator events:write
   ensure_key operator demo-operator admin
   ensure_key mail demo-mail events:write
-  say "API keys in $KEY_DIR/ (mode 0600): operator.key (admin), simulator.key and mail.key (events:write); e.g."
+  ensure_key shop demo-shop events:write --publishable --origin "http://127.0.0.1:${CRM_SHOP_PORT:-8081}"
+  say "API keys in $KEY_DIR/ (mode 0600): operator.key (admin), simulator.key and mail.key (events:write), shop.key (publishable); e.g."
   say "  curl -H \"Authorization: Bearer \$(cat $KEY_DIR/operator.key)\" http://127.0.0.1:${CRM_API_PORT:-8000}/v1/indicators"
   ensure_operator
 }
@@ -142,12 +146,12 @@ action=${1:-}
 shift || true
 case $action in
   start) ensure_master_key; ensure_keys; for s in "${@:-ingest processor api webhooks mail}"; do for t in $s; do start_one "$t"; done; done ;;
-  stop) for s in "${@:-simulator mail webhooks api processor ingest}"; do for t in $s; do stop_one "$t"; done; done ;;
+  stop) for s in "${@:-simulator shop mail webhooks api processor ingest}"; do for t in $s; do stop_one "$t"; done; done ;;
   status)
     rc=0
-    for s in ${*:-ingest processor api webhooks mail simulator}; do
+    for s in ${*:-ingest processor api webhooks mail shop simulator}; do
       if running "$s"; then say "$s running (pid $(cat "$RUN_DIR/$s.pid"))"; else say "$s not running"; rc=3; fi
     done
     exit $rc ;;
-  *) echo "usage: $0 {start|stop|status} [ingest|processor|api|webhooks|mail|simulator ...]" >&2; exit 2 ;;
+  *) echo "usage: $0 {start|stop|status} [ingest|processor|api|webhooks|mail|shop|simulator ...]" >&2; exit 2 ;;
 esac

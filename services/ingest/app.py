@@ -88,6 +88,7 @@ def create_app(settings: Settings, publisher: KafkaPublisher, vault: Vault | Non
     intake = Intake(settings, publisher, vault, guard, on_status=lambda status: REQUESTS.labels(str(status)).inc())
     app.state.intake = intake
     open_routes = OPEN_ROUTES | adapters.install_all(app, intake, settings)  # the channel adapters
+    app.state.open_routes = open_routes
 
     @app.post("/v1/events", status_code=202, openapi_extra=EVENTS_BODY, responses={
         202: {"description": "accepted events are durable in Kafka; rejected ones are listed with reasons"},

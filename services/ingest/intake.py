@@ -118,8 +118,9 @@ class Intake:
         events are charged to their sources' buckets only. ``single``: the request held one event (an
         oversize one answers 413 rather than 400). ``adapter`` labels the metrics."""
         outcome = await self._accept(caller, items, single)
-        self.on_status(outcome.status)
-        if adapter is not None:
+        if adapter is None:
+            self.on_status(outcome.status)
+        else:
             ADAPTER_REQUESTS.labels(adapter, str(outcome.status)).inc()
         return outcome
 

@@ -32,6 +32,17 @@ WEB_EVENTS = "web."
 ALLOW_HEADERS = "Authorization, X-API-Key, Content-Type"
 
 
+async def preflight(request: Request, store: KeyStore) -> Response:
+    """A CORS preflight's answer: allowed for an origin some live publishable key names, else 403."""
+    origin = auth.request_origin(request)
+    if origin is None or not await run_in_threadpool(store.origin_allowed, origin):
+        return JSONResponse({"error": "origin not allowed: no live publishable key names it"},
+                            status_code=403, headers={"Vary": "Origin"})
+    return Response(status_code=204, headers={
+        "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "POST, OPTIONS",
+        "Access-Control-Allow-Headers": ALLOW_HEADERS, "Access-Control-Max-Age": "600", "Vary": "Origin"})
+
+
 class CollectorGuard:
     def __init__(self, app: FastAPI, settings: Settings, on_refusal: Callable[[int], None],
                  pool: TransactionPool | None = None):
@@ -48,14 +59,8 @@ class CollectorGuard:
             return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
         @app.options("/v1/events", include_in_schema=False)
-        async def preflight(request: Request) -> Response:
-            origin = auth.request_origin(request)
-            if origin is None or not await run_in_threadpool(self.store.origin_allowed, origin):
-                return JSONResponse({"error": "origin not allowed: no live publishable key names it"},
-                                    status_code=403, headers={"Vary": "Origin"})
-            return Response(status_code=204, headers={
-                "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "POST, OPTIONS",
-                "Access-Control-Allow-Headers": ALLOW_HEADERS, "Access-Control-Max-Age": "600", "Vary": "Origin"})
+        async def events_preflight(request: Request) -> Response:
+            return await preflight(request, self.store)
 
         app.add_middleware(_CorsForPublishableKeys)
 
