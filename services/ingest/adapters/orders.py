@@ -142,6 +142,9 @@ def install(app: FastAPI, intake: Intake, settings: Settings) -> None:
 
     @app.post(GENERIC, tags=["channel adapters"], summary="Orders from any shop system", status_code=202,
               responses={202: {"description": "the order facts are durable"},
+                         400: {"description": "not JSON, or no order fact the platform accepts (each rejected "
+                                              "with its reasons)"},
+                         413: {"description": "the request is over the size limit"},
                          422: {"description": "a field of the form is missing or wrong; nothing accepted"}})
     async def generic(request: Request, caller: Annotated[Caller, Depends(require(EVENTS_WRITE))]) -> Response:
         body = await read_body(request, settings.max_batch_bytes)
