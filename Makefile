@@ -10,7 +10,7 @@ export CRM_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps infra-up infra-down demo up stop status test test-unit chaos bench bench-quick bench-deps schemas clean logs
+.PHONY: help install base-deps system-deps infra-up infra-down demo up stop status test test-unit chaos bench bench-quick bench-deps schemas clean logs mutate
 
 help:
 	@echo "make demo    - install what is missing, start Kafka, PostgreSQL, every service and demo traffic"
@@ -22,7 +22,7 @@ help:
 	@echo "make status  - what runs"
 	@echo "make schemas - regenerate docs/schemas and docs/asyncapi.yaml from the declarations"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | base-deps
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
@@ -30,11 +30,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# What a fresh Debian 12 machine lacks to run the platform at all: Java 17 and Maven (the Kafka broker's
+# jars are fetched from Maven Central and run with the machine's Java), openssl (certificates of the
+# transport tests and demo secrets) and the venv module. PostgreSQL is installed by deploy/postgres.sh.
+base-deps:
+	@missing=""; \
+	java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
 # Debian packages the tests need beyond PostgreSQL (installed by deploy/postgres.sh itself):
 # docker-compose (to check docker-compose.yml parses), chromium and its chromedriver (the
 # dashboard's browser test; Selenium drives the system browser, nothing is downloaded at run time)
 # and a Chinese font for its screenshots.
-system-deps:
+system-deps: base-deps
 	@missing=""; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -84,9 +98,10 @@ status:
 	-deploy/postgres.sh status
 
 # The tests start (and stop) their own broker and database on separate ports under .crm/test,
-# so they never disturb a running demo.
-test: install system-deps
-	$(VENV)/bin/python -m pytest -p no:cacheprovider
+# so they never disturb a running demo. The order is shuffled (pytest-randomly prints its seed);
+# the 25 slowest tests are listed and a JUnit report is written to .crm/test/junit.xml.
+test: system-deps install
+	$(VENV)/bin/python -m pytest -p no:cacheprovider --durations=25 --junitxml=$(CRM_HOME)/test/junit.xml
 
 test-unit: install
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit
@@ -128,3 +143,8 @@ logs:
 
 clean: stop
 	rm -rf $(CRM_HOME)
+
+# Mutation testing of the pure folds: each hand-made fault in projections/ must fail tests/unit
+# (run on a temporary copy; the tree here is never modified).
+mutate: install
+	$(VENV)/bin/python -m tests.mutation.run

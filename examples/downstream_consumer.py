@@ -1,7 +1,7 @@
 """A downstream system's copy of every customer's state: bootstrap from the compacted snapshot
 topic, then follow the change topic. Start it at any time; it converges to the exact current state.
 
-    python examples/downstream_consumer.py --bootstrap 127.0.0.1:9092
+    python examples/downstream_consumer.py --bootstrap 127.0.0.1:9092 [--topic-prefix staging.]
 
 How it stays exact:
   1. note where crm.customer-changes ends now (``read_committed``: only committed feed batches);
@@ -26,8 +26,10 @@ CHANGES_TOPIC = "crm.customer-changes"
 
 
 class CustomerMirror:
-    def __init__(self, bootstrap: str):
+    def __init__(self, bootstrap: str, topic_prefix: str = ""):
+        """``topic_prefix``: the platform's CRM_TOPIC_PREFIX, when it sets one."""
         self.bootstrap = bootstrap
+        self.state_topic, self.changes_topic = topic_prefix + STATE_TOPIC, topic_prefix + CHANGES_TOPIC
         self.customers: dict[str, dict[str, Any]] = {}  # customer id -> latest snapshot
         self.versions: dict[str, int] = {}              # customer id -> version known (also of removed ones)
         self._changes: KafkaConsumer | None = None
@@ -40,7 +42,7 @@ class CustomerMirror:
     def bootstrap_from_snapshots(self) -> int:
         """Steps 1 and 2; returns the number of snapshot records read."""
         changes = self._consumer()
-        change_parts = [TopicPartition(CHANGES_TOPIC, p) for p in changes.partitions_for_topic(CHANGES_TOPIC)]
+        change_parts = [TopicPartition(self.changes_topic, p) for p in changes.partitions_for_topic(self.changes_topic)]
         changes.assign(change_parts)
         start = changes.end_offsets(change_parts)  # step 1
         for tp, offset in start.items():
@@ -48,7 +50,7 @@ class CustomerMirror:
         self._changes = changes
 
         snapshots = self._consumer()
-        parts = [TopicPartition(STATE_TOPIC, p) for p in snapshots.partitions_for_topic(STATE_TOPIC)]
+        parts = [TopicPartition(self.state_topic, p) for p in snapshots.partitions_for_topic(self.state_topic)]
         snapshots.assign(parts)
         snapshots.seek_to_beginning(*parts)
         end = snapshots.end_offsets(parts)
@@ -91,8 +93,9 @@ class CustomerMirror:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--topic-prefix", default="", help="the platform's CRM_TOPIC_PREFIX, if it sets one")
     args = parser.parse_args()
-    mirror = CustomerMirror(args.bootstrap)
+    mirror = CustomerMirror(args.bootstrap, args.topic_prefix)
     n = mirror.bootstrap_from_snapshots()
     print(f"bootstrapped {len(mirror.customers)} customers from {n} snapshot records; following changes")
     seen = 0

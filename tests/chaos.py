@@ -6,9 +6,8 @@ reference fold of the events the collector answered 2xx for, event for event.
 ``Chaos(platform, events=..., faults=[...]).run()`` returns the figures (events sent and accepted,
 faults by kind, lost, duplicated, elapsed, ...) and writes them as JSON; the caller asserts on them.
 
-The run starts its processors where the shared test log ends now (it stores those positions with
-its fresh database before the first worker starts), so its read model holds its own events only:
-other tests' events neither slow it down nor blur the comparison.
+The run has its own topics and database (tests/processes.Platform), so its read model holds its own
+events only.
 """
 from __future__ import annotations
 
@@ -54,12 +53,14 @@ def journeys(seed: int, events: int) -> list[dict]:
     return out[:events]
 
 
-def start_at_log_end(dsn: str, consumer: str, bootstrap: str) -> dict[TopicPartition, int]:
-    """Store the ends of crm.touchpoints and crm.customer-events as the processors' positions, so
-    that workers of this consumer start there; returns the positions."""
-    kafka = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def start_at_log_end(platform: Platform) -> dict[TopicPartition, int]:
+    """Store the ends of the platform's crm.touchpoints and crm.customer-events as its processors'
+    positions, so that its workers start there; returns the positions."""
+    dsn, consumer = platform.dsn, platform.processor_id
+    kafka = KafkaConsumer(bootstrap_servers=platform.stack.kafka_bootstrap, enable_auto_commit=False)
     try:
-        parts = [TopicPartition(t, p) for t in (TOUCHPOINTS, CUSTOMER_EVENTS) for p in kafka.partitions_for_topic(t)]
+        parts = [TopicPartition(t, p) for t in (platform.topic(TOUCHPOINTS), platform.topic(CUSTOMER_EVENTS))
+                 for p in kafka.partitions_for_topic(t)]
         ends = kafka.end_offsets(parts)
     finally:
         kafka.close()
@@ -90,6 +91,21 @@ def read_log(bootstrap: str, starts: dict[TopicPartition, int], topic: str) -> l
         return out
     finally:
         kafka.close()
+
+
+def batches_in_flight(worker: Service) -> float:
+    """Batches the processor ``worker`` has taken and not yet committed, over its stages (/metrics)."""
+    metrics = http.get(worker.health_url.replace("/healthz", "/metrics"), timeout=2).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("crm_processor_batches_in_flight{"))
+
+
+def waiting_for_kafka(collector_url: str) -> float:
+    """How many requests the collector at ``collector_url`` holds while Kafka acknowledges them."""
+    for line in http.get(f"{collector_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("crm_ingest_requests_waiting_for_kafka "):
+            return float(line.split()[1])
+    raise AssertionError("the collector exports no crm_ingest_requests_waiting_for_kafka")
 
 
 def keys_on_log(values: list[dict | None]) -> collections.Counter:
@@ -242,26 +258,19 @@ class Chaos:
         self.workers.append(svc)
         return svc
 
-    def _busy_worker(self, timeout_s: float = 30) -> tuple[Service, bool]:
-        """A worker in the middle of a batch (its /metrics says so), or the oldest after ``timeout_s``."""
+    def _busy_worker(self, timeout_s: float = 120) -> tuple[Service, bool]:
+        """A worker in the middle of a batch (its /metrics says so); fails if none is within ``timeout_s``
+        (the fault would not test what it claims to)."""
         def busy() -> Service | None:
-            for worker in self.workers:
-                metrics = http.get(worker.health_url.replace("/healthz", "/metrics"), timeout=2).text
-                if any(line.startswith("crm_processor_batches_in_flight{") and not line.endswith(" 0.0")
-                       for line in metrics.splitlines()):
-                    return worker
-            return None
-        try:
-            return wait_for(busy, timeout_s, "a worker in the middle of a batch", interval=0.01), True
-        except AssertionError:
-            return self.workers[0], False
+            return next((worker for worker in self.workers if batches_in_flight(worker) > 0), None)
+        return wait_for(busy, timeout_s, "a worker in the middle of a batch", interval=0.005), True
 
-    def _request_in_flight(self) -> bool:
-        """Wait (a little) until the sender waits for an answer of the collector."""
-        try:
-            return wait_for(self.sender.in_flight.is_set, 10, "a request in flight", interval=0.002)
-        except AssertionError:
-            return False
+    def _request_in_flight(self, timeout_s: float = 60) -> bool:
+        """Wait until the collector holds a request of the sender that waits for Kafka (its
+        ``crm_ingest_requests_waiting_for_kafka`` gauge says so); fail if that never happens."""
+        url = f"http://127.0.0.1:{self.port}"
+        return wait_for(lambda: self.sender.in_flight.is_set() and waiting_for_kafka(url) >= 1, timeout_s,
+                        "a request of the sender waiting for Kafka in the collector", interval=0.002)
 
     def applied(self) -> int:
         """Accepted events in the timeline (the exactly-once guard: one row per event)."""
@@ -346,8 +355,7 @@ class Chaos:
     # -- the run ------------------------------------------------------------------------------------
     def run(self, catch_up_timeout_s: float | None = None) -> dict:
         """Send, inject the faults, wait for every accepted event, compare; returns the figures."""
-        dsn = self.platform.dsn
-        self.starts = start_at_log_end(dsn, self.platform.processor_id, self.stack.kafka_bootstrap)
+        self.starts = start_at_log_end(self.platform)
         for _ in range(self.workers_wanted):
             self.start_worker()
         self.start_collector()
@@ -393,7 +401,7 @@ class Chaos:
         seen: list[str] = []  # what the looks that found a difference said
         while True:
             try:
-                found = assert_feed_matches_state(self.platform.dsn, self.stack.kafka_bootstrap, cids)
+                found = assert_feed_matches_state(self.platform, cids)
                 return {**found, "attempts": len(seen) + 1, "differences_seen": seen}
             except AssertionError as exc:
                 seen.append(str(exc).splitlines()[0])
@@ -408,7 +416,7 @@ class Chaos:
         # the reference folds the events as the collector sealed them (pseudonyms, tokens), opening
         # the customer's words with this platform's keys as the processors do
         wanted = set(keys)
-        sealed = [v for v in read_log(self.stack.kafka_bootstrap, self.starts, TOUCHPOINTS)
+        sealed = [v for v in read_log(self.stack.kafka_bootstrap, self.starts, self.platform.topic(TOUCHPOINTS))
                   if v and event_key(v.get("source", ""), v.get("id", "")) in wanted]
         opener = vault_opener(dsn, self.platform.env()["CRM_MASTER_KEY"])
         reference = reference_views(sealed, opener=opener)
@@ -431,8 +439,10 @@ class Chaos:
         expected_sums = reference_indicator_totals(sealed, opener=opener)
         indicators_differing = {m: [sums[m], expected_sums[m]] for m in MEASURES
                                 if abs(sums[m] - expected_sums[m]) > 1e-6 * max(1.0, abs(expected_sums[m]))}
-        on_touchpoints = keys_on_log(read_log(self.stack.kafka_bootstrap, self.starts, TOUCHPOINTS))
-        on_customer_events = keys_on_log(read_log(self.stack.kafka_bootstrap, self.starts, CUSTOMER_EVENTS))
+        on_touchpoints = keys_on_log(read_log(self.stack.kafka_bootstrap, self.starts,
+                                              self.platform.topic(TOUCHPOINTS)))
+        on_customer_events = keys_on_log(read_log(self.stack.kafka_bootstrap, self.starts,
+                                                  self.platform.topic(CUSTOMER_EVENTS)))
         feed = self.feed_check(set(reference))
         return {
             "events": len(self.events),

@@ -29,7 +29,11 @@ def outbox_empty(dsn: str) -> bool:
 
 
 def read_records(bootstrap: str, topics, keys: set[str] | None = None) -> list:
-    """Every committed record of ``topics`` (with one of ``keys``, when given), in partition order."""
+    """Every committed record of ``topics`` (with one of ``keys``, when given), in partition order.
+
+    The one way the tests read Kafka: to the end offsets taken when the read starts, never "until
+    the consumer is idle" (a slow fetch would end such a read early and a "nothing was written"
+    check would then prove nothing). To wait for a record, poll this with ``wait_for``."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
     parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
     consumer.assign(parts)
@@ -48,21 +52,22 @@ def read_topic(bootstrap: str, topic: str, keys: set[str]) -> list:
     return read_records(bootstrap, [topic], keys)
 
 
-def assert_feed_matches_state(dsn: str, bootstrap: str, cids: set[str]) -> dict[str, int]:
+def assert_feed_matches_state(platform, cids: set[str]) -> dict[str, int]:
     """The feed of these customers (their changes on Kafka, a mirror bootstrapped from the snapshot
     topic) says exactly what PostgreSQL holds: each change once, in order. Returns counts."""
+    dsn, bootstrap = platform.dsn, platform.stack.kafka_bootstrap
     wait_for(lambda: outbox_empty(dsn), 60, "the feed outbox to drain")
     stored = stored_states(dsn, sorted(cids))
-    mirror = CustomerMirror(bootstrap)
+    mirror = CustomerMirror(bootstrap, platform.topic_prefix)
     try:
         mirror.bootstrap_from_snapshots()
         live = {c: s["snapshot"] for c, s in stored.items() if s["live"]}
-        mirror.follow(until=lambda m: {c: m.customers[c] for c in cids if c in m.customers} == live, timeout_s=10)
+        mirror.follow(until=lambda m: {c: m.customers[c] for c in cids if c in m.customers} == live, timeout_s=60)
         mirrored = {c: mirror.customers[c] for c in cids if c in mirror.customers}
     finally:
         mirror.close()
     assert mirrored == live, f"{sum(1 for c in live if mirrored.get(c) != live[c])} of {len(live)} customers differ"
-    changes = [json.loads(r.value) for r in read_topic(bootstrap, CUSTOMER_CHANGES, set(stored))]
+    changes = [json.loads(r.value) for r in read_topic(bootstrap, platform.topic(CUSTOMER_CHANGES), set(stored))]
     ids = [c["id"] for c in changes]
     assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} changes were published twice"
     last: dict[str, int] = {}

@@ -68,6 +68,7 @@ class Stack:
         }
         env.pop("CRM_PG_DSN", None)
         env.pop("CRM_MASTER_KEY_FILE", None)
+        env.pop("CRM_TOPIC_PREFIX", None)  # each test's platform names its own
         # the session's master key (personal data is sealed under it); never a file of the repository
         from services.common.vault import new_master_key
 
@@ -166,13 +167,50 @@ def create_keys(dsn: str) -> dict[str, str]:
 
 
 class Platform:
-    """Starts services wired to the test stack and one database; stops them at the end."""
+    """Starts services wired to the test stack, one database and one topic namespace; stops them
+    at the end. Each test owns what it writes: its database, its consumer groups and its topics
+    (``topic(TOUCHPOINTS)`` names this test's copy), so no test sees another's log."""
 
     def __init__(self, stack: Stack, dsn: str, log_dir: Path):
         self.stack, self.dsn, self.log_dir = stack, dsn, log_dir
         self.processor_id = "crm-test-" + uuid.uuid4().hex[:8]
+        self.topic_prefix = f"t{uuid.uuid4().hex[:10]}."
         self.services: list[Service] = []
         self.keys = create_keys(dsn)  # scope -> API key; tests send keys["admin"] by default (tests/http.py)
+        self.create_topics()
+
+    def topic(self, name: str) -> str:
+        """This test's copy of the platform topic ``name`` (a constant of services.common.topics)."""
+        from services.common.topics import NAMESPACE
+
+        return self.topic_prefix + name.removeprefix(NAMESPACE)
+
+    @property
+    def topics(self) -> list[str]:
+        from services.common.topics import in_namespace
+
+        return [spec.name for spec in in_namespace(self.topic_prefix)]
+
+    def create_topics(self) -> None:
+        """This test's topics, as ``deploy/kafka.sh`` creates the demo's (partitions, configs)."""
+        from services.common.kafka_admin import ensure_topics
+        from services.common.topics import in_namespace
+
+        ensure_topics(self.stack.kafka_bootstrap, int(self.stack.env["CRM_PARTITIONS"]),
+                      specs=in_namespace(self.topic_prefix))
+
+    def delete_topics(self) -> None:
+        """Drop this test's topics, so the single test broker does not collect thousands."""
+        from kafka.admin import KafkaAdminClient
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.stack.kafka_bootstrap, request_timeout_ms=15000)
+            try:
+                admin.delete_topics(self.topics, timeout_ms=15000)
+            finally:
+                admin.close()
+        except Exception:  # noqa: BLE001 - a broker a fault test left stopped; the session's end wipes it
+            pass
 
     @property
     def admin_key(self) -> str:
@@ -180,7 +218,7 @@ class Platform:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {**self.stack.env, "CRM_PG_DSN": self.dsn, "CRM_KAFKA_BOOTSTRAP": self.stack.kafka_bootstrap,
-               "CRM_PROCESSOR_ID": self.processor_id, "CRM_LOG_JSON": "true", "CRM_BATCH_WITHIN_S": "0.05"}
+               "CRM_PROCESSOR_ID": self.processor_id, "CRM_TOPIC_PREFIX": self.topic_prefix, "CRM_LOG_JSON": "true", "CRM_BATCH_WITHIN_S": "0.05"}
         env.update(extra)
         return env
 
@@ -221,3 +259,4 @@ class Platform:
     def stop_all(self) -> None:
         for svc in reversed(self.services):
             svc.stop()
+        self.delete_topics()

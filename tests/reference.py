@@ -110,19 +110,19 @@ def sealed(value: dict | None) -> bool:
     return bool(value) and ("crmsubject" in value or b"psn-" in orjson.dumps(value.get("data")))
 
 
-def sealed_copies(bootstrap: str, events: list[dict]) -> list[dict]:
-    """The events as the collector sealed them onto crm.touchpoints (the first copy of each)."""
+def sealed_copies(platform, events: list[dict]) -> list[dict]:
+    """The events as ``platform``'s collector sealed them onto crm.touchpoints (the first copy of each)."""
     from events.envelope import event_key
     from services.common.topics import TOUCHPOINTS
     from tests.feed import read_records
 
     wanted = {event_key(e["source"], e["id"]) for e in events if isinstance(e, dict) and "source" in e and "id" in e}
     found: dict[str, dict] = {}
-    for r in read_records(bootstrap, [TOUCHPOINTS]):
+    for r in read_records(platform.stack.kafka_bootstrap, [platform.topic(TOUCHPOINTS)]):
         try:
             value = orjson.loads(r.value)
             key = event_key(value["source"], value["id"])
-        except Exception:  # other tests' hand-made records
+        except Exception:  # a test's hand-made records
             continue
         if key in wanted and sealed(value):
             found.setdefault(key, value)

@@ -4,7 +4,7 @@
 (function () {
   "use strict";
   const params = new URLSearchParams(location.search);
-  for (const name of ["collector", "key"]) {
+  for (const name of ["collector", "key", "wait"]) {
     if (params.get(name)) sessionStorage.setItem("shop." + name, params.get(name));
     params.delete(name);
   }
@@ -21,6 +21,8 @@
     tag.async = true;
     tag.src = collector.replace(/\/$/, "") + "/v1/tracker.js";
     tag.setAttribute("data-key", key);
+    const wait = sessionStorage.getItem("shop.wait"); // ?wait=<ms>: the tracker's batch wait
+    if (wait) tag.setAttribute("data-batch-wait-ms", wait);
     document.head.appendChild(tag);
   }
 

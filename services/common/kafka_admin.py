@@ -31,7 +31,7 @@ from kafka.admin import KafkaAdminClient
 from pydantic import SecretStr
 
 from services.common.kafka_security import PLAINTEXT, KafkaSecurity
-from services.common.topics import TOPICS
+from services.common.topics import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ def wait_ready(bootstrap: str, timeout: float, security: KafkaSecurity = PLAINTE
 
 
 def ensure_topics(bootstrap: str, partitions: int, replication_factor: int = 1,
-                  security: KafkaSecurity = PLAINTEXT) -> list[str]:
-    """Create every topic of ``services.common.topics.TOPICS`` that does not exist yet.
+                  security: KafkaSecurity = PLAINTEXT, specs: tuple[TopicSpec, ...] = TOPICS) -> list[str]:
+    """Create every topic of ``specs`` (``services.common.topics.TOPICS``) that does not exist yet.
 
     New topics get ``partitions`` partitions and their spec's config. Existing topics are left
     alone; one with fewer partitions than asked only logs a warning. Returns the names created.
@@ -182,8 +182,8 @@ def ensure_topics(bootstrap: str, partitions: int, replication_factor: int = 1,
         existing = set(admin.list_topics())
         wanted = {spec.name: {"num_partitions": partitions, "replication_factor": replication_factor,
                               "configs": dict(spec.config)}
-                  for spec in TOPICS if spec.name not in existing}
-        present = [spec.name for spec in TOPICS if spec.name in existing]
+                  for spec in specs if spec.name not in existing}
+        present = [spec.name for spec in specs if spec.name in existing]
         fewer = sorted(f"{t['name']}={len(t.get('partitions') or [])}"
                        for t in (admin.describe_topics(present) if present else [])
                        if len(t.get("partitions") or []) < partitions)

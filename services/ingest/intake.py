@@ -14,7 +14,7 @@ from typing import Any, Callable
 import orjson
 import psycopg2
 from fastapi.responses import JSONResponse
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from events.envelope import InvalidEvent, validate
 from events.kafka_binding import structured_headers
@@ -33,6 +33,7 @@ ADAPTER_REQUESTS = Counter("crm_ingest_adapter_requests_total", "requests to a c
                            ["adapter", "status"])
 ACK_SECONDS = Histogram("crm_ingest_kafka_ack_seconds", "time from send to Kafka acknowledgement",
                         buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+WAITING = Gauge("crm_ingest_requests_waiting_for_kafka", "requests whose events were sent and not yet acknowledged")
 
 RETRY_AFTER_S = 5
 HEADERS = structured_headers()
@@ -177,7 +178,8 @@ class Intake:
         out = [(TOUCHPOINTS, key, value, HEADERS, tp.type) for tp, (key, value) in zip(records, sealed)]
         started = datetime.now(timezone.utc)
         try:
-            await self.publisher.send_all([r[:4] for r in out])
+            with WAITING.track_inprogress():
+                await self.publisher.send_all([r[:4] for r in out])
         except KafkaUnavailable as exc:
             log.warning("kafka unavailable, answering 503", extra={"error": str(exc), "events": len(out)})
             return unavailable("event log unavailable; nothing was accepted, retry later", str(exc))

@@ -44,9 +44,11 @@ def _traffic(u: str, queue: str, email: str, phone: str) -> tuple[list[dict], li
 class _Topics:
     """Reads the platform's output topics and matches this test's records to the document's messages."""
 
-    def __init__(self, bootstrap: str, contract: Contract, mine):
-        self.consumer = KafkaConsumer(CUSTOMER_EVENTS, CUSTOMER_STATE, CUSTOMER_CHANGES, INDICATORS, DEADLETTER,
-                                      bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    def __init__(self, platform, contract: Contract, mine):
+        self.prefix = platform.topic_prefix
+        self.consumer = KafkaConsumer(*(platform.topic(t) for t in (CUSTOMER_EVENTS, CUSTOMER_STATE, CUSTOMER_CHANGES,
+                                                                     INDICATORS, DEADLETTER)),
+                                      bootstrap_servers=platform.stack.kafka_bootstrap, auto_offset_reset="earliest")
         self.contract, self.mine = contract, mine
         self.found: dict[str, list[str | None]] = {}
 
@@ -55,13 +57,14 @@ class _Topics:
         while not wanted <= set(self.found) and time.monotonic() < deadline:
             for records in self.consumer.poll(timeout_ms=500).values():
                 for r in records:
+                    topic = r.topic.removeprefix(self.prefix)  # the document's channel of the test's topic
                     key = r.key.decode() if r.key is not None else None
                     value = orjson.loads(r.value) if r.value is not None else None
-                    if not self.mine(r.topic, key, value):
+                    if not self.mine(topic, key, value):
                         continue
                     headers = {name: (v or b"").decode() for name, v in r.headers}
-                    matches = self.contract.messages(r.topic, key, value, headers)
-                    assert len(matches) == 1, (r.topic, key, value, headers, matches)
+                    matches = self.contract.messages(topic, key, value, headers)
+                    assert len(matches) == 1, (topic, key, value, headers, matches)
                     self.found.setdefault(matches[0], []).append(key)
         assert wanted <= set(self.found), f"only {sorted(self.found)} seen"
 
@@ -77,14 +80,17 @@ def test_the_api_serves_the_document_and_the_platform_keeps_to_it(platform, uniq
 
     served = http.get(f"{api}/v1/asyncapi.json")
     assert served.status_code == 200 and served.headers["content-type"] == "application/json"
-    doc = served.json()
+    served_doc = served.json()
+    # the document names the topics the platform really uses (the test's namespace); without it, it is
+    # the document of the running settings
+    assert {c["address"] for c in served_doc["channels"].values()} == set(platform.topics)
+    doc = json.loads(json.dumps(served_doc).replace(platform.topic_prefix, ""))
     assert doc == json.loads(json.dumps(document(6, 1))), "the document of the running settings"
     assert {c["bindings"]["kafka"]["partitions"] for c in doc["channels"].values()} == {6}
     as_yaml = http.get(f"{api}/v1/asyncapi.yaml")
     assert as_yaml.status_code == 200 and as_yaml.headers["content-type"].startswith("application/yaml")
-    assert yaml.safe_load(as_yaml.text) == doc
+    assert yaml.safe_load(as_yaml.text) == served_doc
 
-    # other tests share the broker and publish hand-made records, so only this test's are checked
     # identifiers are known by their pseudonyms (sealed by the collector), customers by those
     identifiers: set[str] = set()
     customers: set[str] = set()  # the phone's is older: the email's merges into it
@@ -106,13 +112,13 @@ def test_the_api_serves_the_document_and_the_platform_keeps_to_it(platform, uniq
             return value.get("member") == queue or value.get("rule") == rule["name"]
         return key == f"bad-{unique}"
 
-    topics = _Topics(platform.stack.kafka_bootstrap, Contract(doc), mine)
+    topics = _Topics(platform, Contract(doc), mine)
     try:
         first, then = _traffic(unique, queue, email, phone)
         http.post(f"{collector}/v1/events", json=first).raise_for_status()
         learn_pseudonyms()
         producer = KafkaProducer(bootstrap_servers=platform.stack.kafka_bootstrap, acks="all")
-        producer.send(TOUCHPOINTS, key=f"bad-{unique}".encode(), value=b"{not json")
+        producer.send(platform.topic(TOUCHPOINTS), key=f"bad-{unique}".encode(), value=b"{not json")
         producer.flush()
         producer.close()
         topics.read_until({"customer-event.resolved", "indicator.updated", "indicator.alert", "deadletter",

@@ -156,7 +156,7 @@ def test_marketing_segments_and_webhooks_honour_consent(platform, receiver, uniq
         assert {d["sequence"] for d in deliveries(api, sub["id"])} == {v}, sub["url"]
 
     # 5. the feed itself: no snapshot or change shows the customer in a segment its consent does not allow
-    changes = [json.loads(r.value) for r in read_topic(platform.stack.kafka_bootstrap, CUSTOMER_CHANGES, {c.id})]
+    changes = [json.loads(r.value) for r in read_topic(platform.stack.kafka_bootstrap, platform.topic(CUSTOMER_CHANGES), {c.id})]
     wait_for(lambda: receiver.ids("/all") == {ch["id"] for ch in changes}, 30,
              "every change at the service subscription")
     for ch in changes:
@@ -167,7 +167,7 @@ def test_marketing_segments_and_webhooks_honour_consent(platform, receiver, uniq
              if ch["type"] in ("segment.entered", "segment.exited") and ch["data"]["segment"] in MARKETING}
     assert moves == {("segment.entered", "cart_abandoners", v), ("segment.entered", "email_marketing", v),
                      ("segment.exited", "cart_abandoners", w), ("segment.exited", "email_marketing", w)}
-    snapshots = [json.loads(r.value) for r in read_topic(platform.stack.kafka_bootstrap, CUSTOMER_STATE, {c.id})
+    snapshots = [json.loads(r.value) for r in read_topic(platform.stack.kafka_bootstrap, platform.topic(CUSTOMER_STATE), {c.id})
                  if r.value is not None]
     assert snapshots and snapshots[-1] == stored_states(platform.dsn, [c.id])[c.id]["snapshot"]
     for snap in snapshots:

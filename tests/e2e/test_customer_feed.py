@@ -65,7 +65,7 @@ def test_lifecycle_segments_and_merges_reach_a_mirror_started_at_any_time(platfo
     platform.processor(CRM_STATE_TICK_S="1")
     _, api = platform.api()
     bootstrap = platform.stack.kafka_bootstrap
-    early = CustomerMirror(bootstrap)
+    early = CustomerMirror(bootstrap, platform.topic_prefix)
     early.bootstrap_from_snapshots()
     shop = Shop(collector, api, platform.dsn, unique)
 
@@ -130,7 +130,7 @@ def test_lifecycle_segments_and_merges_reach_a_mirror_started_at_any_time(platfo
     assert set(live) == {wf, old, survivor}
 
     # a mirror that started before everything, and one that starts now, both hold exactly that
-    late = CustomerMirror(bootstrap)
+    late = CustomerMirror(bootstrap, platform.topic_prefix)
     late.bootstrap_from_snapshots()
     for mirror in (early, late):
         mirror.follow(until=lambda m: {c: m.customers.get(c) for c in ours if c in m.customers} == live, timeout_s=30)
@@ -138,7 +138,7 @@ def test_lifecycle_segments_and_merges_reach_a_mirror_started_at_any_time(platfo
         mirror.close()
 
     # the change topic: each change once, in per-customer order, the expected story
-    changes = [json.loads(r.value) for r in read_topic(bootstrap, CUSTOMER_CHANGES, ours)]
+    changes = [json.loads(r.value) for r in read_topic(bootstrap, platform.topic(CUSTOMER_CHANGES), ours)]
     ids = [c["id"] for c in changes]
     assert len(ids) == len(set(ids)), "a change was published twice"
     story: dict[str, list] = {}
@@ -160,7 +160,7 @@ def test_lifecycle_segments_and_merges_reach_a_mirror_started_at_any_time(platfo
 
     # the snapshot topic: the latest record of each key is the stored snapshot, a tombstone for the alias
     latest = {}
-    for r in read_topic(bootstrap, CUSTOMER_STATE, ours):
+    for r in read_topic(bootstrap, platform.topic(CUSTOMER_STATE), ours):
         latest[r.key.decode()] = (json.loads(r.value) if r.value is not None else None, dict(r.headers)["crm-version"])
     assert latest[alias][0] is None and int(latest[alias][1]) == states[alias]["version"]
     assert {c: v for c, (v, _) in latest.items() if v is not None} == live

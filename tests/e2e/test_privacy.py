@@ -15,11 +15,10 @@ from pathlib import Path
 
 import httpx
 import psycopg2
-import pytest
 
 from events import pii
 from services.common import apikeys
-from services.common.topics import CUSTOMER_CHANGES, CUSTOMER_EVENTS, CUSTOMER_STATE, TOPICS
+from services.common.topics import CUSTOMER_CHANGES, CUSTOMER_STATE, TOUCHPOINTS
 from services.common.vault import Vault, load_master_key
 from tests.feed import read_records, read_topic
 from tests.processes import VENV_BIN, wait_for
@@ -88,8 +87,9 @@ def secrets_of(p: dict[str, str]) -> list[str]:
     return values + [v.lower() for v in values]
 
 
-def all_records(bootstrap: str) -> list:
-    return read_records(bootstrap, [spec.name for spec in TOPICS])
+def all_records(platform) -> list:
+    """Every record of every topic of the platform, to their ends."""
+    return read_records(platform.stack.kafka_bootstrap, platform.topics)
 
 
 def record_bytes(r) -> bytes:
@@ -142,10 +142,10 @@ def test_personal_data_is_sealed_revealed_to_the_api_exported_and_erased_for_goo
     # stored: sealed everywhere, before any erasure
     leaks = {t: [s for s in secrets_of(p) if s in text] for t, text in database_text(platform.dsn).items()}
     assert {t: s for t, s in leaks.items() if s} == {}, "personal data stored in the clear"
-    mine = [r for r in all_records(platform.stack.kafka_bootstrap) if f"priv-{unique}".encode() in (r.value or b"")
+    mine = [r for r in all_records(platform) if f"priv-{unique}".encode() in (r.value or b"")
             or cid.encode() in (r.key or b"")]
     assert mine and not [s for r in mine for s in secrets_of(p) if s.encode() in record_bytes(r)]
-    sealed = json.loads(next(r.value for r in mine if r.topic == "crm.touchpoints"))
+    sealed = json.loads(next(r.value for r in mine if r.topic == platform.topic(TOUCHPOINTS)))
     assert sealed["dataclassification"] == "restricted" and sealed["datacategory"] == "personal"
 
     # revealed to an authorized caller: the view, the search by name, the timeline, the export
@@ -168,8 +168,8 @@ def test_personal_data_is_sealed_revealed_to_the_api_exported_and_erased_for_goo
     bootstrap = platform.stack.kafka_bootstrap
 
     def erased_downstream() -> bool:
-        changes = [json.loads(r.value) for r in read_topic(bootstrap, CUSTOMER_CHANGES, {cid}) if r.value]
-        states = read_topic(bootstrap, CUSTOMER_STATE, {cid})
+        changes = [json.loads(r.value) for r in read_topic(bootstrap, platform.topic(CUSTOMER_CHANGES), {cid}) if r.value]
+        states = read_topic(bootstrap, platform.topic(CUSTOMER_STATE), {cid})
         return (any(c["type"] == "customer.erased" for c in changes) and bool(states)
                 and states[-1].value is None)
 
@@ -184,7 +184,7 @@ def test_personal_data_is_sealed_revealed_to_the_api_exported_and_erased_for_goo
     def searched_everywhere() -> None:
         needles = secrets_of(p)
         # every topic: nothing in the clear, and every token of the person's subjects unopenable
-        records = all_records(bootstrap)
+        records = all_records(platform)
         assert not [(r.topic, s) for r in records for s in needles if s.encode() in record_bytes(r)]
         subjects = {h for r in records if f"priv-{unique}".encode() in (r.value or b"")
                     for h in pii.tokens_in(r.value.decode())}

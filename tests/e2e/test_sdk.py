@@ -1,12 +1,12 @@
 """The Python SDK against the running platform: over HTTP with a key, and straight to Kafka sealed."""
 from __future__ import annotations
 
-from kafka import KafkaConsumer, TopicPartition
 
 from crm_sdk import Client, event
 from crm_sdk.kafka import TOUCHPOINTS, KafkaSink, VaultSealer
 from services.common.vault import Vault, load_master_key
 from tests import http
+from tests.feed import read_records
 from tests.processes import wait_for
 
 
@@ -41,7 +41,8 @@ def test_the_kafka_sink_seals_personal_data_before_writing(platform, running, un
     collector, api = running
     email, phone = f"kafka.{unique}@qq.com", f"+86139{int(unique, 16) % 10**8:08d}"
     vault = Vault(load_master_key(platform.stack.env["CRM_MASTER_KEY"], None))
-    sink = KafkaSink(platform.stack.kafka_bootstrap, sealer=VaultSealer(platform.dsn, vault))
+    sink = KafkaSink(platform.stack.kafka_bootstrap, sealer=VaultSealer(platform.dsn, vault),
+                     topic=platform.topic(TOUCHPOINTS))
     try:
         result = sink.send([
             event("call.ended", {"call_id": f"call-{unique}", "phone_number": phone, "email": email,
@@ -53,13 +54,8 @@ def test_the_kafka_sink_seals_personal_data_before_writing(platform, running, un
         sink.close()
     assert result.accepted == [f"{unique}-k1"] and [r["index"] for r in result.rejected] == [1]
 
-    consumer = KafkaConsumer(bootstrap_servers=platform.stack.kafka_bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=3000)
-    parts = [TopicPartition(TOUCHPOINTS, p) for p in consumer.partitions_for_topic(TOUCHPOINTS)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    written = [r.value for r in consumer if f"{unique}-k1".encode() in r.value]
-    consumer.close()
+    written = [r.value for r in read_records(platform.stack.kafka_bootstrap, [platform.topic(TOUCHPOINTS)])
+               if f"{unique}-k1".encode() in r.value]
     assert len(written) == 1
     for secret in (email.encode(), phone.encode(), "客户询问物流".encode()):
         assert secret not in written[0]

@@ -13,12 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 import psycopg2
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from events.feed import change_event
 from services.common.topics import CUSTOMER_CHANGES, DEADLETTER
 from services.webhooks.verify import WebhookVerificationError, new_secret, verify
 from tests import http
+from tests.feed import read_records
 from tests.processes import wait_for
 
 FAST = {"CRM_WEBHOOKS_RETRY_SCHEDULE_S": "[0.2, 0.4, 0.8]", "CRM_WEBHOOKS_POLL_S": "0.1",
@@ -120,13 +121,13 @@ def value_changed(customer_id: str, sequence: int, segments: list[str] | None = 
                         snapshot(customer_id, sequence, segments or []))
 
 
-def produce(bootstrap: str, changes: list[dict]) -> dict[str, bytes]:
+def produce(platform, changes: list[dict]) -> dict[str, bytes]:
     """Publish as the feed relay does; returns each change's exact record value by id."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=platform.stack.kafka_bootstrap, acks="all", linger_ms=5)
     values = {}
     for change in changes:
         values[change["id"]] = orjson.dumps(change)
-        producer.send(CUSTOMER_CHANGES, key=change["customerid"].encode(), value=values[change["id"]],
+        producer.send(platform.topic(CUSTOMER_CHANGES), key=change["customerid"].encode(), value=values[change["id"]],
                       headers=[("content-type", b"application/cloudevents+json")])
     producer.flush()
     producer.close()
@@ -173,7 +174,7 @@ def test_a_change_is_delivered_signed_and_logged(platform, api, receiver, unique
     changes = [change_event(customer, 1, "lifecycle.changed", "2026-11-01T10:00:00Z",
                             {"from": None, "to": "prospect", "rule": "first contact"}, snapshot(customer, 1, [])),
                value_changed(customer, 2)]
-    sent = produce(platform.stack.kafka_bootstrap, changes)
+    sent = produce(platform, changes)
 
     got = wait_for(lambda: len(r := receiver.at("/hooks")) == 2 and r, 30, "two deliveries")
     for request in got:
@@ -228,7 +229,7 @@ def test_subscriptions_filter_by_change_type_and_segment(platform, api, receiver
                      snapshot(other, 1, ["else"]), detail="else"),
         change_event(other, 2, "customer.merged", "2026-11-04T10:00:00Z", {"into": c, "identifiers": []}, None),
     ]
-    produce(platform.stack.kafka_bootstrap, changes)
+    produce(platform, changes)
     ids = [e["id"] for e in changes]
     wait_for(lambda: receiver.ids("/all") == set(ids), 30, "every change at the unfiltered subscription")
 
@@ -248,29 +249,23 @@ def test_a_record_that_is_not_a_change_is_dead_lettered_and_the_partition_goes_o
     platform.webhooks(**FAST)
     key = f"c_{unique}".encode()  # one key: the bad records stand before the good one in its partition
     producer = KafkaProducer(bootstrap_servers=platform.stack.kafka_bootstrap, acks="all")
-    producer.send(CUSTOMER_CHANGES, key=key, value=b"\xff\xfe not json")
-    producer.send(CUSTOMER_CHANGES, key=key, value=orjson.dumps(
+    producer.send(platform.topic(CUSTOMER_CHANGES), key=key, value=b"\xff\xfe not json")
+    producer.send(platform.topic(CUSTOMER_CHANGES), key=key, value=orjson.dumps(
         {"id": f"{unique}-x", "type": "customer.teleported", "customerid": f"c_{unique}", "data": {}}))
     producer.flush()
     producer.close()
     good = value_changed(f"c_{unique}", 1)
-    produce(platform.stack.kafka_bootstrap, [good])
+    produce(platform, [good])
     wait_for(lambda: receiver.ids("/hooks") == {good["id"]}, 30, "the good change delivered")
 
-    consumer = KafkaConsumer(bootstrap_servers=platform.stack.kafka_bootstrap, consumer_timeout_ms=3000)
-    parts = [TopicPartition(DEADLETTER, p) for p in consumer.partitions_for_topic(DEADLETTER)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    dead: list[dict] = []
+    def dead_letters() -> list[dict]:
+        return [orjson.loads(r.value) for r in read_records(platform.stack.kafka_bootstrap,
+                                                            [platform.topic(DEADLETTER)], {key.decode()})]
 
-    def two_dead_letters() -> bool:
-        dead.extend(orjson.loads(r.value) for r in consumer if r.key == key)
-        return len(dead) == 2
-
-    wait_for(two_dead_letters, 30, "two dead letters")
-    consumer.close()
+    dead = wait_for(lambda: (d := dead_letters()) and len(d) >= 2 and d, 30, "two dead letters")
+    changes = platform.topic(CUSTOMER_CHANGES)
     assert [(d["stage"], d["kind"], d["source"]["topic"]) for d in dead] == [
-        ("webhooks", "undecodable", CUSTOMER_CHANGES), ("webhooks", "unknown_type", CUSTOMER_CHANGES)]
+        ("webhooks", "undecodable", changes), ("webhooks", "unknown_type", changes)]
     assert "customer.teleported" in dead[1]["reason"]
 
 
@@ -280,7 +275,7 @@ def test_a_failing_endpoint_is_retried_with_backoff_until_it_answers(platform, a
     healthy = subscribe(api, receiver.url("/healthy"))
     platform.webhooks(**FAST)
     change = value_changed(f"c_{unique}", 1)
-    produce(platform.stack.kafka_bootstrap, [change])
+    produce(platform, [change])
 
     wait_for(lambda: len(receiver.at("/healthy")) == 1, 30, "the healthy endpoint's delivery")
     done = wait_for(lambda: only_delivery(api, sub["id"], "delivered"), 30, "the flaky endpoint's delivery")
@@ -306,7 +301,7 @@ def test_a_delivery_failed_for_good_is_retried_by_hand_timeouts_are_logged_and_4
     slow = subscribe(api, receiver.url("/slow"))
     platform.webhooks(**{**FAST, "CRM_WEBHOOKS_RETRY_SCHEDULE_S": "[0.1, 0.1]", "CRM_WEBHOOKS_TIMEOUT_S": "1",
                          "CRM_WEBHOOKS_LEASE_S": "3"})
-    produce(platform.stack.kafka_bootstrap, [value_changed(f"c_{unique}", 1)])
+    produce(platform, [value_changed(f"c_{unique}", 1)])
 
     failed = wait_for(lambda: only_delivery(api, down["id"], "failed"), 30, "the delivery to fail for good")
     assert failed["attempt_count"] == 3 and failed["last_error"] == "HTTP 500" and failed["next_attempt_at"] is None
@@ -338,7 +333,7 @@ def test_a_hanging_endpoint_does_not_delay_a_healthy_one(platform, api, receiver
     platform.webhooks(**{**FAST, "CRM_WEBHOOKS_TIMEOUT_S": "60", "CRM_WEBHOOKS_LEASE_S": "90",
                          "CRM_WEBHOOKS_CONCURRENCY": "4", "CRM_WEBHOOKS_PER_SUBSCRIPTION": "2"})
     changes = [value_changed(f"c_{unique}", n) for n in range(1, 21)]
-    produce(platform.stack.kafka_bootstrap, changes)
+    produce(platform, changes)
 
     wait_for(lambda: receiver.hanging == 2, 30, "the hanging endpoint to hold its two slots")
     wait_for(lambda: receiver.ids("/ok") == {c["id"] for c in changes}, 30, "all twenty at the healthy endpoint")
@@ -359,12 +354,12 @@ def test_kill_9_and_two_dispatchers_neither_lose_nor_duplicate_deliveries(platfo
              "the two dispatchers to share the partitions")
     c = f"c_{unique}"
     before = [value_changed(f"{c}-{n % 8}", n) for n in range(1, 61)]
-    produce(platform.stack.kafka_bootstrap, before)
+    produce(platform, before)
     wait_for(lambda: len(receiver.ids("/mirror")) >= 10, 30, "the first deliveries")
     first.kill()
     # the feed publishing some changes again (a relay re-sending after a crash) and new ones
     after = [value_changed(f"{c}-{n % 8}", n) for n in range(61, 121)]
-    produce(platform.stack.kafka_bootstrap, before[:10] + after)
+    produce(platform, before[:10] + after)
     platform.webhooks(**env)
 
     expected = {e["id"] for e in before + after}

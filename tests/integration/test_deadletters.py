@@ -55,9 +55,9 @@ def record_at(bootstrap: str, topic: str, partition: int, offset: int):
     return records[0]
 
 
-def send(p: KafkaProducer, key: str, value: bytes, headers=(), partition: int | None = None):
-    """Publish one record straight to crm.touchpoints; its metadata (partition, offset, timestamp)."""
-    return p.send(TOUCHPOINTS, key=key.encode(), value=value, headers=list(headers), partition=partition).get(30)
+def send(p: KafkaProducer, topic: str, key: str, value: bytes, headers=(), partition: int | None = None):
+    """Publish one record straight to the test's crm.touchpoints; its metadata (partition, offset, timestamp)."""
+    return p.send(topic, key=key.encode(), value=value, headers=list(headers), partition=partition).get(30)
 
 
 def b64(raw: bytes) -> str:
@@ -70,6 +70,7 @@ def timeline_rows(dsn: str, *event_ids: str) -> int:
 
 def test_a_batch_with_bad_records_delivers_the_good_ones_once_and_lists_the_bad_ones(platform, unique):
     bootstrap = platform.stack.kafka_bootstrap
+    touchpoints = platform.topic(TOUCHPOINTS)
     good = [page(unique, n, n, anonymous_id=f"ck-{unique}") for n in (1, 2, 3)]
     unknown = {**page(unique, 4, 4, anonymous_id=f"ck-{unique}"), "type": "web.teleported"}
     no_identifier = {"specversion": "1.0", "id": f"{unique}-5", "source": "urn:test:shop", "type": "order.placed",
@@ -86,7 +87,7 @@ def test_a_batch_with_bad_records_delivers_the_good_ones_once_and_lists_the_bad_
                                   (f"invalid-{unique}", bad[f"invalid-{unique}"]),
                                   (f"unknown-{unique}", bad[f"unknown-{unique}"]),
                                   (f"good-{unique}-3", (orjson.dumps(good[2]), CE))]:
-        sent[key] = send(p, key, value, headers, partition=0)
+        sent[key] = send(p, touchpoints, key, value, headers, partition=0)
     p.close()
     platform.processor()
 
@@ -107,11 +108,11 @@ def test_a_batch_with_bad_records_delivers_the_good_ones_once_and_lists_the_bad_
         d, (value, headers) = by_key[key], bad[key]
         assert (d["stage"], d["kind"], d["status"]) == ("identity", kind, "new"), d
         assert why in d["reason"], d["reason"]
-        assert d["source"] == {"topic": TOUCHPOINTS, "partition": 0, "offset": sent[key].offset}
+        assert d["source"] == {"topic": touchpoints, "partition": 0, "offset": sent[key].offset}
         assert base64.b64decode(d["value_b64"]) == value
         assert d["headers"] == [[name, b64(raw)] for name, raw in headers]
         assert d["redrive"] is None and d["redrive_of"] is None
-        assert d["deadletter"]["topic"] == DEADLETTER and d["position"] == \
+        assert d["deadletter"]["topic"] == platform.topic(DEADLETTER) and d["position"] == \
             f"{d['deadletter']['partition']}:{d['deadletter']['offset']}"
     assert by_key[f"invalid-{unique}"]["errors"]  # field by field
 
@@ -119,7 +120,7 @@ def test_a_batch_with_bad_records_delivers_the_good_ones_once_and_lists_the_bad_
     assert {d["key"] for d in listed(platform, set(bad), "--kind", "undecodable")} == {f"junk-{unique}"}
     assert listed(platform, set(bad), "--stage", "customer_view") == []
     assert listed(platform, set(bad), "--since", "2100-01-01T00:00:00Z") == []
-    assert len(listed(platform, set(bad), "--source-topic", TOUCHPOINTS, "--status", "new")) == 3
+    assert len(listed(platform, set(bad), "--source-topic", touchpoints, "--status", "new")) == 3
     # the table and the summary by stage and kind
     table = crm(platform, "deadletter", "list", "--stage", "identity").stdout
     assert "by stage and kind" in table and "unknown_type" in table and "schema_violation" in table
@@ -130,6 +131,7 @@ def test_redrive_after_a_fix_applies_the_event_once_and_each_dead_letter_is_redr
     written without +86; after the fix (CN, the default) the redrive applies it. An unknown type
     fails again and can be re-driven again."""
     bootstrap = platform.stack.kafka_bootstrap
+    touchpoints = platform.topic(TOUCHPOINTS)
     misconfigured = platform.processor(CRM_DEFAULT_REGION="US")
     local = f"139{int(unique, 16) % 10**8:08d}"
     call = {"specversion": "1.0", "id": f"{unique}-call", "source": "urn:test:cti", "type": "call.ended",
@@ -138,7 +140,7 @@ def test_redrive_after_a_fix_applies_the_event_once_and_each_dead_letter_is_redr
     unknown = {**page(unique, 2, 0, anonymous_id=f"ck-{unique}"), "type": "web.teleported"}
     originals = {f"call-{unique}": orjson.dumps(call), f"unknown-{unique}": orjson.dumps(unknown)}
     p = producer(bootstrap)
-    sent = {key: send(p, key, value, CE) for key, value in originals.items()}
+    sent = {key: send(p, touchpoints, key, value, CE) for key, value in originals.items()}
     p.close()
     dead = wait_for(lambda: (d := listed(platform, set(originals))) and len(d) == 2 and d, 60, "two dead letters")
     first = {d["key"]: d for d in dead}
@@ -150,7 +152,7 @@ def test_redrive_after_a_fix_applies_the_event_once_and_each_dead_letter_is_redr
     misconfigured.stop()
     platform.processor()  # the fix: the default region back to CN
 
-    before = end_offsets(bootstrap, TOUCHPOINTS)
+    before = end_offsets(bootstrap, touchpoints)
     # nothing selected: refused
     refused = crm(platform, "deadletter", "redrive", expect=2)
     assert "nothing selected" in refused.stderr
@@ -162,17 +164,17 @@ def test_redrive_after_a_fix_applies_the_event_once_and_each_dead_letter_is_redr
                          "--dry-run")
     assert unknown_dl in {r["position"] for r in by_filter} and call_dl not in {r["position"] for r in by_filter}
     assert {r["kind"] for r in by_filter} == {"unknown_type"}
-    assert end_offsets(bootstrap, TOUCHPOINTS) == before
+    assert end_offsets(bootstrap, touchpoints) == before
 
     rows = {r["position"]: r for r in crm_json(platform, "deadletter", "redrive", "--offset", call_dl,
                                                "--offset", unknown_dl)}
     assert {pos: r["action"] for pos, r in rows.items()} == {call_dl: "redriven", unknown_dl: "redriven"}
-    after = end_offsets(bootstrap, TOUCHPOINTS)
+    after = end_offsets(bootstrap, touchpoints)
     assert sum(after.values()) - sum(before.values()) == 2  # exactly the two selected
     for key, dl in ((f"call-{unique}", call_dl), (f"unknown-{unique}", unknown_dl)):
         to = rows[dl]["to"]
-        assert to["topic"] == TOUCHPOINTS and to["partition"] == sent[key].partition
-        copy = record_at(bootstrap, TOUCHPOINTS, to["partition"], to["offset"])
+        assert to["topic"] == touchpoints and to["partition"] == sent[key].partition
+        copy = record_at(bootstrap, touchpoints, to["partition"], to["offset"])
         assert copy.key == key.encode() and copy.value == originals[key]
         assert list(copy.headers) == CE + [("crm-redrive-of", dl.encode())]
         assert copy.timestamp == sent[key].timestamp  # the original receive time
@@ -186,7 +188,7 @@ def test_redrive_after_a_fix_applies_the_event_once_and_each_dead_letter_is_redr
     again = wait_for(lambda: [d for d in listed(platform, {f"unknown-{unique}"}) if d["redrive_of"] == unknown_dl],
                      60, "the unknown type dead-lettered again")
     assert len(again) == 1 and again[0]["status"] == "new" and again[0]["kind"] == "unknown_type"
-    assert again[0]["source"] == {"topic": TOUCHPOINTS, **{k: rows[unknown_dl]["to"][k] for k in ("partition",
+    assert again[0]["source"] == {"topic": touchpoints, **{k: rows[unknown_dl]["to"][k] for k in ("partition",
                                                                                                   "offset")}}
     status = {d["position"]: d for d in listed(platform, set(originals))}
     assert status[call_dl]["status"] == "redriven" and status[call_dl]["redrive"]["offset"] == rows[call_dl]["to"][
@@ -195,15 +197,15 @@ def test_redrive_after_a_fix_applies_the_event_once_and_each_dead_letter_is_redr
     assert status[unknown_dl]["failed_again_as"] == again[0]["position"]
 
     # the same redrive again publishes nothing
-    before = end_offsets(bootstrap, TOUCHPOINTS)
+    before = end_offsets(bootstrap, touchpoints)
     assert {r["position"]: r["action"] for r in crm_json(platform, "deadletter", "redrive", "--offset", call_dl,
                                                          "--offset", unknown_dl)} == \
         {call_dl: "skipped", unknown_dl: "skipped"}
-    assert end_offsets(bootstrap, TOUCHPOINTS) == before
+    assert end_offsets(bootstrap, touchpoints) == before
     # the newer dead letter can be re-driven in its turn, naming only itself
     (row,) = crm_json(platform, "deadletter", "redrive", "--offset", again[0]["position"])
     assert row["action"] == "redriven"
-    copy = record_at(bootstrap, TOUCHPOINTS, row["to"]["partition"], row["to"]["offset"])
+    copy = record_at(bootstrap, touchpoints, row["to"]["partition"], row["to"]["offset"])
     assert list(copy.headers) == CE + [("crm-redrive-of", again[0]["position"].encode())]
     assert timeline_rows(platform.dsn, call["id"]) == 1
 
@@ -221,6 +223,7 @@ def test_redriving_an_event_that_already_succeeded_changes_nothing(platform, uni
     """A dead letter whose event made it anyway (say a batch failed on a database restart, and a
     later copy got through): re-driving it counts the event once, in the view and the indicators."""
     bootstrap = platform.stack.kafka_bootstrap
+    touchpoints = platform.topic(TOUCHPOINTS)
     platform.processor()
     phone = f"+86139{int(unique, 16) % 10**8:08d}"
     call = {"specversion": "1.0", "id": f"{unique}-call", "source": "urn:test:cti", "type": "call.ended",
@@ -228,29 +231,30 @@ def test_redriving_an_event_that_already_succeeded_changes_nothing(platform, uni
             "data": {"call_id": f"c-{unique}", "phone_number": phone, "queue": f"q-{unique}", "talk_seconds": 185}}
     key, value = f"call-{unique}", orjson.dumps(call)
     p = producer(bootstrap)
-    md = send(p, key, value, CE)
+    md = send(p, touchpoints, key, value, CE)
     wait_for(lambda: timeline_rows(platform.dsn, call["id"]) == 1, 60, "the call applied")
     sums = wait_for(lambda: (s := queue_sums(platform.dsn, f"q-{unique}")) and s["calls_handled"] and s, 30,
                     "the call in the queue's indicators")
 
     # its dead letter as the batch runner writes one, twice (the batch ran again after a crash)
-    record = Record(TOUCHPOINTS, md.partition, md.offset, key.encode(), value, tuple(CE), md.timestamp)
+    record = Record(touchpoints, md.partition, md.offset, key.encode(), value, tuple(CE), md.timestamp)
     dead = deadletter(record, stage="identity", kind="processing_error",
                       reason="OperationalError: server closed the connection unexpectedly")
-    twice = [p.send(dead.topic, key=dead.key, value=dead.value, headers=list(dead.headers)).get(30) for _ in "12"]
+    twice = [p.send(platform.topic(DEADLETTER), key=dead.key, value=dead.value, headers=list(dead.headers)).get(30)
+             for _ in "12"]
     positions = [f"{dl.partition}:{dl.offset}" for dl in twice]
-    before = end_offsets(bootstrap, TOUCHPOINTS)
+    before = end_offsets(bootstrap, touchpoints)
     rows = crm_json(platform, "deadletter", "redrive", "--offset", positions[0], "--offset", positions[1])
     assert sorted(r["position"] for r in rows) == sorted(positions) and {r["action"] for r in rows} == {"redriven"}
     assert rows[0]["to"] == rows[1]["to"] and rows[0]["to"]["partition"] == md.partition
-    after = end_offsets(bootstrap, TOUCHPOINTS)
+    after = end_offsets(bootstrap, touchpoints)
     assert sum(after.values()) - sum(before.values()) == 1  # one record, re-published once
     row = rows[0]
 
     # a later event of the same customer behind the copy: once it is applied, so is the copy
     sentinel = {"specversion": "1.0", "id": f"{unique}-profile", "source": "urn:test:crm", "type": "profile.updated",
                 "time": "2026-11-02T10:00:00Z", "data": {"name": f"Customer {unique}", "phone": phone}}
-    send(p, f"profile-{unique}", orjson.dumps(sentinel), CE, partition=md.partition)
+    send(p, touchpoints, f"profile-{unique}", orjson.dumps(sentinel), CE, partition=md.partition)
     p.close()
     assert_equals_reference(platform.dsn, [call, sentinel])
     assert timeline_rows(platform.dsn, call["id"]) == 1
@@ -258,7 +262,7 @@ def test_redriving_an_event_that_already_succeeded_changes_nothing(platform, uni
                  customer_of(platform.dsn, f"phone:{phone}")) == [(2,)]
     assert queue_sums(platform.dsn, f"q-{unique}") == sums
     (stored,) = query(platform.dsn, "SELECT next_offset FROM processor_offsets WHERE consumer = %s AND topic = %s "
-                                    "AND partition = %s", platform.processor_id, TOUCHPOINTS, md.partition)
+                                    "AND partition = %s", platform.processor_id, touchpoints, md.partition)
     assert stored[0] > row["to"]["offset"]  # the identity stage did take the copy
     listed_rows = [d for d in crm_json(platform, "deadletter", "list") if d["position"] in positions]
     assert len(listed_rows) == 2

@@ -9,17 +9,16 @@ import orjson
 import psycopg2
 import psycopg2.extras
 import pytest
-from kafka import KafkaConsumer
 
 from events.envelope import event_key, validate
 from events.kafka_binding import decode
 from projections.indicators import MEASURES
 from services.common.topics import TOUCHPOINTS
 from services.simulator.journeys import JourneyGenerator
-from tests.feed import assert_feed_matches_state
+from tests.feed import assert_feed_matches_state, read_records
 from tests.integration.test_processors import publish
 from tests.processes import wait_for
-from tests.reference import (reference_indicator_totals, reference_partition, reference_views, sealed,
+from tests.reference import (reference_indicator_totals, reference_partition, reference_views,
                              sealed_copies, vault_opener)
 
 
@@ -61,7 +60,7 @@ def assert_equals_reference(dsn: str, events: list[dict], timeout: float = 120, 
     if sealed_by is None:
         reference = reference_views(events)
     else:
-        reference = reference_views(sealed_copies(sealed_by.stack.kafka_bootstrap, events),
+        reference = reference_views(sealed_copies(sealed_by, events),
                                     opener=vault_opener(dsn, sealed_by.env()["CRM_MASTER_KEY"]))
     wait_for(lambda: applied(dsn, keys) == len(keys), timeout, f"{len(keys)} events applied")
     try:
@@ -71,25 +70,21 @@ def assert_equals_reference(dsn: str, events: list[dict], timeout: float = 120, 
         raise AssertionError(f"{len(diff)} customers differ from the reference fold, e.g. {diff[:5]}") from None
 
 
-def whole_log(bootstrap: str) -> list[dict]:
-    """Every touchpoint on the shared log: a test's processor reads all of it, other tests' too."""
-    consumer = KafkaConsumer(TOUCHPOINTS, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000)
+def whole_log(platform) -> list[dict]:
+    """Every touchpoint on the test's log (to its end offsets), duplicates and all."""
     out = []
-    for record in consumer:
+    for record in read_records(platform.stack.kafka_bootstrap, [platform.topic(TOUCHPOINTS)]):
         try:
-            value = decode(record.value, record.headers)
+            out.append(decode(record.value, record.headers))
         except Exception:  # undecodable test records: the processor dead-letters them too
             continue
-        if not sealed(value):  # sealed by another test's collector: its keys are in that test's database,
-            out.append(value)  # so this database's processor skips it as erased
-    consumer.close()
     return out
 
 
-def assert_indicators_equal_reference(dsn: str, bootstrap: str) -> None:
+def assert_indicators_equal_reference(platform) -> None:
     """The overall indicator sums add up to the pure folds over the whole log: each event once."""
-    expected = reference_indicator_totals(whole_log(bootstrap))
+    dsn = platform.dsn
+    expected = reference_indicator_totals(whole_log(platform))
     assert expected["calls_offered"] > 0 and expected["first_responses"] > 0 and expected["repeat_contacts"] > 0
 
     def stored() -> dict[str, float]:
@@ -97,7 +92,6 @@ def assert_indicators_equal_reference(dsn: str, bootstrap: str) -> None:
             cur.execute(f"SELECT {', '.join(f'sum({m})' for m in MEASURES)} FROM indicator_minute WHERE dim = 'all'")
             return dict(zip(MEASURES, (v or 0.0 for v in cur.fetchone())))
 
-    # other tests' events earlier in the log may still be on their way through the second stage
     try:
         wait_for(lambda: stored() == pytest.approx(expected, rel=1e-9, abs=1e-6), 60, "the sums of the whole log")
     except AssertionError:
@@ -108,7 +102,7 @@ def assert_indicators_equal_reference(dsn: str, bootstrap: str) -> None:
 
 def test_kill_9_mid_stream_and_redelivered_duplicates_change_nothing(platform, unique):
     events = journeys(unique, 300)
-    publish(platform.stack.kafka_bootstrap, events)
+    publish(platform, events)
     keys = sorted({event_key(e["source"], e["id"]) for e in events})
 
     worker = platform.processor(CRM_BATCH_SIZE="100")
@@ -117,12 +111,12 @@ def test_kill_9_mid_stream_and_redelivered_duplicates_change_nothing(platform, u
     done_at_crash = applied(platform.dsn, keys)
     assert done_at_crash < len(keys), "the crash should land mid-stream; make the stream longer"
 
-    publish(platform.stack.kafka_bootstrap, events[:1000])  # a channel retrying: the same ids again
+    publish(platform, events[:1000])  # a channel retrying: the same ids again
     platform.processor(CRM_BATCH_SIZE="100")
     assert_equals_reference(platform.dsn, events)
-    assert_indicators_equal_reference(platform.dsn, platform.stack.kafka_bootstrap)
+    assert_indicators_equal_reference(platform)
     # the feed relay died with the worker too: still each change once, and a mirror that agrees
-    counts = assert_feed_matches_state(platform.dsn, platform.stack.kafka_bootstrap, set(reference_views(events)))
+    counts = assert_feed_matches_state(platform, set(reference_views(events)))
     assert counts["changes"] > counts["customers"] > 100
 
 
@@ -138,7 +132,7 @@ def test_two_workers_on_four_partitions_give_the_reference_result(platform, uniq
                   if guarded(evs))
     platform.processor(CRM_BATCH_SIZE="50")
     platform.processor(CRM_BATCH_SIZE="50")
-    publish(platform.stack.kafka_bootstrap, events)
+    publish(platform, events)
     assert_equals_reference(platform.dsn, events)
-    assert_indicators_equal_reference(platform.dsn, platform.stack.kafka_bootstrap)
-    assert_feed_matches_state(platform.dsn, platform.stack.kafka_bootstrap, set(reference_views(events)))
+    assert_indicators_equal_reference(platform)
+    assert_feed_matches_state(platform, set(reference_views(events)))

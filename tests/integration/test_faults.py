@@ -4,8 +4,8 @@ down, a processor worker stopped with SIGTERM mid-stream, and a chaos run with a
 kill -9 of a worker). After each, the read model equals the reference fold of the events the
 collector answered 2xx for: nothing lost, nothing counted twice.
 
-These tests run at the end of the session (tests/conftest.py), the chaos run last: they restart the
-shared broker and database. ``make chaos`` runs the chaos test alone with 50,000 events
+They stop and start the session's broker and database; every other test copes with that, so they
+run wherever the shuffled order puts them. ``make chaos`` runs the chaos test alone with 50,000 events
 (``CRM_CHAOS_EVENTS``); its figures go to ``$CRM_TEST_HOME/chaos-<events>.json``.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ import collections
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import psycopg2
@@ -23,7 +22,8 @@ import pytest
 from events.envelope import event_key
 from services.common.topics import CUSTOMER_EVENTS, TOUCHPOINTS
 from tests import http
-from tests.chaos import FAULTS, Chaos, journeys, json_lines, keys_on_log, read_log, start_at_log_end, stopping_lines
+from tests.chaos import (FAULTS, Chaos, batches_in_flight, journeys, json_lines, keys_on_log, read_log,
+                         start_at_log_end, stopping_lines, waiting_for_kafka)
 from tests.conftest import TEST_HOME
 from tests.integration.test_exactly_once import applied, assert_equals_reference
 from tests.integration.test_processors import publish
@@ -118,7 +118,7 @@ def test_with_the_broker_down_the_collector_answers_503_and_writes_nothing(platf
     collector; none of the refused events surfaces later (the collector that refused them stays up
     while the broker comes back), and every event answered 2xx is in the read model after recovery."""
     stack = platform.stack
-    starts = start_at_log_end(platform.dsn, platform.processor_id, stack.kafka_bootstrap)
+    starts = start_at_log_end(platform)
     platform.processor()
     _, url = platform.collector(CRM_KAFKA_ACK_TIMEOUT_S="3")
     stopping, stopping_url = platform.collector(CRM_KAFKA_ACK_TIMEOUT_S="3")
@@ -137,8 +137,12 @@ def test_with_the_broker_down_the_collector_answers_503_and_writes_nothing(platf
         answer: dict = {}
         pending = threading.Thread(target=lambda: answer.update(
             r=http.post(f"{stopping_url}/v1/events", json=refused[50:], timeout=60)))
+        pending_failed = lambda: "r" in answer  # noqa: E731 - answered before the SIGTERM: the precondition failed
         pending.start()
-        time.sleep(1.0)  # the request is inside its 3 s wait for an acknowledgement
+        # the request is inside its 3 s wait for an acknowledgement (the collector says so)
+        wait_for(lambda: waiting_for_kafka(stopping_url) >= 1 or pending_failed(), 30,
+                 "the request to wait for Kafka in the collector", interval=0.01)
+        assert not pending_failed(), answer
         assert stopping.stop(timeout=60) in CLEAN_EXITS, stopping.log_tail()
         assert shut_down_cleanly(stopping), stopping.log_tail()
         pending.join(60)
@@ -155,7 +159,7 @@ def test_with_the_broker_down_the_collector_answers_503_and_writes_nothing(platf
     assert_equals_reference(platform.dsn, accepted, timeout=300, sealed_by=platform)
     # nothing of the refused requests was written, then or later
     refused_keys = {event_key(e["source"], e["id"]) for e in refused}
-    on_log = keys_on_log(read_log(stack.kafka_bootstrap, starts, TOUCHPOINTS))
+    on_log = keys_on_log(read_log(stack.kafka_bootstrap, starts, platform.topic(TOUCHPOINTS)))
     assert not refused_keys & set(on_log), f"{len(refused_keys & set(on_log))} refused events were written"
     assert applied(platform.dsn, sorted(refused_keys)) == 0
     assert {event_key(e["source"], e["id"]) for e in accepted} <= set(on_log)
@@ -165,16 +169,18 @@ def test_sigterm_drains_the_batch_in_flight_and_commits_before_exit(platform, un
     """A worker stopped with SIGTERM in the middle of a backlog finishes and commits the batch in
     flight, exits 0, and the next worker starts exactly where it committed: nothing redone."""
     stack = platform.stack
-    starts = start_at_log_end(platform.dsn, platform.processor_id, stack.kafka_bootstrap)
+    starts = start_at_log_end(platform)
     events = journeys(seed(unique), 5000)
-    publish(stack.kafka_bootstrap, events)  # a backlog, so the worker is always in the middle of a batch
+    publish(platform, events)  # a backlog, so the worker is always in the middle of a batch
     keys = sorted({event_key(e["source"], e["id"]) for e in events})
     drained: list[dict] = []
-    for _attempt in range(3):
+    # the injection is retried until its precondition held: the SIGTERM met a batch in flight
+    for _attempt in range(10):
         before = applied(platform.dsn, keys)
         worker = platform.processor(CRM_BATCH_SIZE="500")
         wait_for(lambda: applied(platform.dsn, keys) > before, 120, "the worker to commit a batch")
         assert applied(platform.dsn, keys) < len(keys), "the backlog ran out; make it longer"
+        wait_for(lambda: batches_in_flight(worker) > 0, 60, "a batch in flight", interval=0.005)
         assert worker.stop(timeout=120) == 0, worker.log_tail()
         lines = stopping_lines(worker)
         assert len(lines) == 2 and all(line["msg"] in ("stopping: batch in flight drained and committed",
@@ -182,7 +188,7 @@ def test_sigterm_drains_the_batch_in_flight_and_commits_before_exit(platform, un
         drained = [line for line in lines if line["msg"] == "stopping: batch in flight drained and committed"]
         if drained:
             break
-    assert drained, "no batch was in flight at any of three SIGTERMs"
+    assert drained, "no batch was in flight at any of ten SIGTERMs"
 
     # what was processed is what is stored: the drained batches' positions are the committed ones
     stored = stored_offsets(platform.dsn, platform.processor_id)
@@ -200,7 +206,7 @@ def test_sigterm_drains_the_batch_in_flight_and_commits_before_exit(platform, un
             if position is not None:
                 assert position == stored[(line["topic"], int(partition))], (line, stored)
     # each touchpoint went through the identity stage once: none was published twice downstream
-    republished = keys_on_log(read_log(stack.kafka_bootstrap, starts, CUSTOMER_EVENTS))
+    republished = keys_on_log(read_log(stack.kafka_bootstrap, starts, platform.topic(CUSTOMER_EVENTS)))
     assert set(keys) <= set(republished)
     assert collections.Counter(republished[k] for k in keys) == {1: len(keys)}
 

@@ -10,14 +10,14 @@ import psycopg2
 import psycopg2.extras
 
 from services.common.kafka_admin import ensure_topics
-from services.common.topics import CUSTOMER_CHANGES
+from services.common.topics import CUSTOMER_CHANGES, NAMESPACE, in_namespace
 from services.processors.feed_relay import FeedRelay
 from tests.feed import outbox_empty, read_topic
 from tests.processes import wait_for
 
 
-def add_rows(dsn: str, keys: list[str], n: int, start: int = 0) -> None:
-    rows = [(CUSTOMER_CHANGES, key, orjson.dumps({"n": i, "key": key}), '[["content-type", "application/json"]]')
+def add_rows(dsn: str, topic: str, keys: list[str], n: int, start: int = 0) -> None:
+    rows = [(topic, key, orjson.dumps({"n": i, "key": key}), '[["content-type", "application/json"]]')
             for i in range(start, start + n) for key in keys]
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         psycopg2.extras.execute_values(cur, "INSERT INTO feed_outbox (topic, key, value, headers) VALUES %s", rows,
@@ -42,15 +42,17 @@ async def relay_once(relay: FeedRelay, *, crash_after: str | None) -> None:
 
 def test_a_relay_crash_at_any_step_neither_loses_nor_repeats(stack, unique):
     dsn = stack.new_database()
-    ensure_topics(stack.kafka_bootstrap, 4)
+    prefix = f"t{unique}."  # this test's own topics
+    ensure_topics(stack.kafka_bootstrap, 4, specs=in_namespace(prefix))
+    topic = prefix + CUSTOMER_CHANGES.removeprefix(NAMESPACE)
     keys = [f"relay-{unique}-{k}" for k in range(5)]
     name = f"crm-test-{unique}.feed-relay"
 
     async def scenario() -> None:
-        add_rows(dsn, keys, 4)
+        add_rows(dsn, topic, keys, 4)
         await relay_once(FeedRelay(dsn, stack.kafka_bootstrap, name, batch_size=8), crash_after="published")
         await relay_once(FeedRelay(dsn, stack.kafka_bootstrap, name, batch_size=8), crash_after="numbered")
-        add_rows(dsn, keys, 4, start=4)
+        add_rows(dsn, topic, keys, 4, start=4)
         relay = FeedRelay(dsn, stack.kafka_bootstrap, name, poll_s=0.02)
         task = asyncio.create_task(relay.run())
         try:
@@ -61,7 +63,7 @@ def test_a_relay_crash_at_any_step_neither_loses_nor_repeats(stack, unique):
             task.cancel()
 
     asyncio.run(scenario())
-    records = read_topic(stack.kafka_bootstrap, CUSTOMER_CHANGES, set(keys))
+    records = read_topic(stack.kafka_bootstrap, topic, set(keys))
     by_key: dict[str, list[int]] = {}
     for r in records:
         by_key.setdefault(r.key.decode(), []).append(json.loads(r.value)["n"])

@@ -42,7 +42,7 @@ def test_a_family_phone_does_not_fuse_the_family(platform, unique):
     events = [order(unique, 1, 10, account_id=f"li-{unique}", phone=phone),
               order(unique, 2, 20, account_id=f"wang-{unique}", phone=phone),
               call(unique, 3, 30, phone)]
-    publish(platform.stack.kafka_bootstrap, events)
+    publish(platform, events)
     assert_equals_reference(platform.dsn, events)
     li, wang = customer_of(platform.dsn, f"account_id:li-{unique}"), customer_of(platform.dsn, f"account_id:wang-{unique}")
     assert li != wang
@@ -61,7 +61,7 @@ def test_a_shared_computer_does_not_fuse_two_account_holders_in_any_arrival_orde
     mum_login, dad_login = page(unique, 2, 30, cookie, f"mum-{unique}"), page(unique, 1, 10, cookie, f"dad-{unique}")
     browse = page(unique, 3, 40, cookie)
     for event in (mum_login, browse, dad_login):  # one batch each, so the late one must undo a link
-        publish(platform.stack.kafka_bootstrap, [event])
+        publish(platform, [event])
         wait_for(lambda: query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE event_id = %s",
                                event["id"]) == [(1,)], 60, f"{event['id']} applied")
     assert_equals_reference(platform.dsn, [mum_login, browse, dad_login])
@@ -78,17 +78,17 @@ def test_an_unlink_splits_a_merged_customer_and_each_side_is_folded_again(platfo
     events = [order(unique, 1, 1, email=email),
               call(unique, 2, 2, phone),
               order(unique, 3, 3, email=email, phone=phone)]  # the link that turns out to be wrong
-    publish(platform.stack.kafka_bootstrap, events[:2])
+    publish(platform, events[:2])
     wait_for(lambda: customer_of(platform.dsn, f"email:{email}") and customer_of(platform.dsn, f"phone:{phone}"),
              60, "two customers")
-    publish(platform.stack.kafka_bootstrap, events[2:])
+    publish(platform, events[2:])
     wait_for(lambda: customer_of(platform.dsn, f"email:{email}") == customer_of(platform.dsn, f"phone:{phone}")
              and query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE event_id LIKE %s",
                        f"{unique}-%") == [(3,)], 60, "the merge")
     merged = customer_of(platform.dsn, f"email:{email}")
     assert query(platform.dsn, "SELECT event_count FROM customer_view WHERE customer_id = %s", merged) == [(3,)]
     split = unlink(unique, 4, 50, ("email", email), ("phone", phone))
-    publish(platform.stack.kafka_bootstrap, [split])
+    publish(platform, [split])
     wait_for(lambda: customer_of(platform.dsn, f"phone:{phone}") != merged, 60, "the split")
     assert_equals_reference(platform.dsn, events + [split])
     other = customer_of(platform.dsn, f"phone:{phone}")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 
 import orjson
-import pytest
 import psycopg2
 import psycopg2.extras
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from events.kafka_binding import binary_record
 from services.common.topics import DEADLETTER, TOUCHPOINTS
+from tests.feed import read_records
 from tests.processes import wait_for
 
 
@@ -19,16 +19,17 @@ def producer(bootstrap: str) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
 
 
-def publish(bootstrap: str, events: list[dict], binary: bool = False) -> None:
-    """Publish as a channel system would, straight to crm.touchpoints."""
-    p = producer(bootstrap)
+def publish(platform, events: list[dict], binary: bool = False) -> None:
+    """Publish as a channel system would, straight to ``platform``'s crm.touchpoints."""
+    p = producer(platform.stack.kafka_bootstrap)
+    topic = platform.topic(TOUCHPOINTS)
     for e in events:
         key = f"{e['type']}:{e['id']}".encode()
         if binary:
             value, headers = binary_record(e)
-            p.send(TOUCHPOINTS, key=key, value=value, headers=headers)
+            p.send(topic, key=key, value=value, headers=headers)
         else:
-            p.send(TOUCHPOINTS, key=key, value=orjson.dumps(e),
+            p.send(topic, key=key, value=orjson.dumps(e),
                    headers=[("content-type", b"application/cloudevents+json")])
     p.flush()
     p.close()
@@ -53,8 +54,8 @@ def page(u: str, n: int, minute: int, **data) -> dict:
 
 def test_structured_and_binary_events_fold_into_one_customer(platform, unique):
     platform.processor()
-    publish(platform.stack.kafka_bootstrap, [page(unique, 1, 0, anonymous_id=f"ck-{unique}")])
-    publish(platform.stack.kafka_bootstrap, [page(unique, 2, 1, anonymous_id=f"ck-{unique}")], binary=True)
+    publish(platform, [page(unique, 1, 0, anonymous_id=f"ck-{unique}")])
+    publish(platform, [page(unique, 2, 1, anonymous_id=f"ck-{unique}")], binary=True)
     wait_for(lambda: query(platform.dsn, "SELECT event_count FROM customer_view WHERE customer_id = %s",
                            customer_of(platform.dsn, f"anonymous_id:ck-{unique}")) == [(2,)], 60, "two events applied")
 
@@ -62,36 +63,31 @@ def test_structured_and_binary_events_fold_into_one_customer(platform, unique):
 def test_undecodable_and_invalid_records_go_to_the_dead_letter_topic_and_the_rest_goes_on(platform, unique):
     platform.processor()
     p = producer(platform.stack.kafka_bootstrap)
-    p.send(TOUCHPOINTS, key=f"junk-{unique}".encode(), value=b"\xff\xfe not json")
+    p.send(platform.topic(TOUCHPOINTS), key=f"junk-{unique}".encode(), value=b"\xff\xfe not json")
     no_identifier = {"specversion": "1.0", "id": f"{unique}-9", "source": "urn:test:shop", "type": "order.placed",
                      "data": {"order_id": "o9", "items": [{"sku": "A", "quantity": 1, "unit_price": "1"}]}}
-    p.send(TOUCHPOINTS, key=f"bad-{unique}".encode(), value=orjson.dumps(no_identifier))
+    p.send(platform.topic(TOUCHPOINTS), key=f"bad-{unique}".encode(), value=orjson.dumps(no_identifier))
     p.flush()
-    publish(platform.stack.kafka_bootstrap, [page(unique, 1, 0, anonymous_id=f"ck-{unique}")])
+    publish(platform, [page(unique, 1, 0, anonymous_id=f"ck-{unique}")])
     wait_for(lambda: customer_of(platform.dsn, f"anonymous_id:ck-{unique}"), 60, "the good event applied")
 
-    consumer = KafkaConsumer(bootstrap_servers=platform.stack.kafka_bootstrap, consumer_timeout_ms=3000)
-    parts = [TopicPartition(DEADLETTER, p) for p in consumer.partitions_for_topic(DEADLETTER)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-
     def dead_letters():
-        return {r.key.decode(): orjson.loads(r.value) for r in consumer
-                if r.key and r.key.decode() in (f"junk-{unique}", f"bad-{unique}")}
+        return {r.key.decode(): orjson.loads(r.value)
+                for r in read_records(platform.stack.kafka_bootstrap, [platform.topic(DEADLETTER)],
+                                      {f"junk-{unique}", f"bad-{unique}"})}
 
     dead = wait_for(lambda: (d := dead_letters()) and len(d) == 2 and d, 30, "two dead letters")
     junk, bad = dead[f"junk-{unique}"], dead[f"bad-{unique}"]
     assert junk["kind"] == "undecodable" and junk["stage"] == "identity"
     assert base64.b64decode(junk["value_b64"]) == b"\xff\xfe not json"
-    assert junk["source"]["topic"] == TOUCHPOINTS and junk["source"]["offset"] >= 0
+    assert junk["source"]["topic"] == platform.topic(TOUCHPOINTS) and junk["source"]["offset"] >= 0
     assert bad["kind"] == "schema_violation" and "no customer identifier" in bad["reason"]
-    consumer.close()
 
 
 def test_a_login_merges_two_customers_and_the_alias_still_answers(platform, unique):
     platform.processor()
     cookie, account = f"anonymous_id:ck-{unique}", f"account_id:u-{unique}"
-    publish(platform.stack.kafka_bootstrap, [
+    publish(platform, [
         page(unique, 1, 0, anonymous_id=f"ck-{unique}"),
         {"id": f"{unique}-2", "source": "urn:test:shop", "type": "order.placed", "time": "2026-11-01T10:05:00Z",
          "data": {"order_id": f"o-{unique}", "account_id": f"u-{unique}",
@@ -100,7 +96,7 @@ def test_a_login_merges_two_customers_and_the_alias_still_answers(platform, uniq
     wait_for(lambda: customer_of(platform.dsn, cookie) and customer_of(platform.dsn, account), 60, "two customers")
     before = customer_of(platform.dsn, account)
     assert customer_of(platform.dsn, cookie) != before
-    publish(platform.stack.kafka_bootstrap, [page(unique, 3, 10, anonymous_id=f"ck-{unique}", user_id=f"u-{unique}")])
+    publish(platform, [page(unique, 3, 10, anonymous_id=f"ck-{unique}", user_id=f"u-{unique}")])
     wait_for(lambda: customer_of(platform.dsn, account) == customer_of(platform.dsn, cookie), 60, "the merge")
     survivor = customer_of(platform.dsn, cookie)
     (state,), = query(platform.dsn, "SELECT state FROM customer_view WHERE customer_id = %s", survivor)
@@ -129,7 +125,7 @@ def test_late_events_re_anchor_a_customer_and_back_and_the_view_follows(platform
               contact(unique, 2, "2026-11-01T10:05:00Z", phone=phone),
               contact(unique, 3, "2026-11-01T10:00:00Z", email=email)]
     for event in events:  # one at a time, so each is resolved in its own batch
-        publish(platform.stack.kafka_bootstrap, [event])
+        publish(platform, [event])
         wait_for(lambda: query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE event_id = %s",
                                event["id"]) == [(1,)], 60, f"{event['id']} applied")
     assert_equals_reference(platform.dsn, events)
@@ -157,7 +153,6 @@ def _resolved_event(u: str, n: int, customer: str, identifier: str) -> dict:
             "identifiers": identifier, "identityversion": 0, "data": {"name": f"n{n}"}}
 
 
-@pytest.mark.forges_log
 def test_a_marker_overtaken_by_a_later_one_changes_nothing(platform, unique):
     """Markers travel on their target's partition, so a later change can be processed first."""
     from services.common.topics import CUSTOMER_EVENTS
@@ -167,20 +162,20 @@ def test_a_marker_overtaken_by_a_later_one_changes_nothing(platform, unique):
     ex, ey = f"email:x{unique}@example.com", f"email:y{unique}@example.com"
     p = producer(platform.stack.kafka_bootstrap)
     for record in (_resolved_event(unique, 1, x, ex), _resolved_event(unique, 2, y, ey)):
-        p.send(CUSTOMER_EVENTS, key=record["customerid"].encode(), value=orjson.dumps(record))
+        p.send(platform.topic(CUSTOMER_EVENTS), key=record["customerid"].encode(), value=orjson.dumps(record))
     # history: y was merged into x (version 1), then a re-anchoring merged x into y (version 2);
     # they arrive newest first
-    p.send(CUSTOMER_EVENTS, key=y.encode(), value=orjson.dumps(_marker(10**12 + 2, y, x, [ex, ey])))
+    p.send(platform.topic(CUSTOMER_EVENTS), key=y.encode(), value=orjson.dumps(_marker(10**12 + 2, y, x, [ex, ey])))
     p.flush()
     wait_for(lambda: query(platform.dsn, "SELECT event_count FROM customer_view WHERE customer_id = %s", y) == [(2,)],
              60, "x merged into y")
-    p.send(CUSTOMER_EVENTS, key=x.encode(), value=orjson.dumps(_marker(10**12 + 1, x, y, [ey])))
+    p.send(platform.topic(CUSTOMER_EVENTS), key=x.encode(), value=orjson.dumps(_marker(10**12 + 1, x, y, [ey])))
     p.flush()
     p.close()
     # a sentinel behind the stale marker on the same partition, itself resolved before both changes
     p = producer(platform.stack.kafka_bootstrap)
     sentinel = _resolved_event(unique, 3, x, ex)
-    p.send(CUSTOMER_EVENTS, key=x.encode(), value=orjson.dumps(sentinel))
+    p.send(platform.topic(CUSTOMER_EVENTS), key=x.encode(), value=orjson.dumps(sentinel))
     p.flush()
     p.close()
     wait_for(lambda: query(platform.dsn, "SELECT count(*) FROM customer_timeline WHERE event_id = %s",

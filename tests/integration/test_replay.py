@@ -48,11 +48,11 @@ def test_rebuilds_swap_in_while_events_flow_and_equal_the_live_projections(platf
     first, second, third = events[: len(events) // 2], events[len(events) // 2: -200], events[-200:]
     keys = lambda evs: sorted({event_key(e["source"], e["id"]) for e in evs})  # noqa: E731
     platform.processor(CRM_BATCH_SIZE="200", CRM_STATE_TICK_S="1")
-    publish(platform.stack.kafka_bootstrap, first)
+    publish(platform, first)
     wait_for(lambda: applied(platform.dsn, keys(first)) == len(keys(first)), 180, "the first half applied")
 
     # the view scope is rebuilt from crm.customer-events while the second part streams in
-    sender = threading.Thread(target=publish, args=(platform.stack.kafka_bootstrap, second))
+    sender = threading.Thread(target=publish, args=(platform, second))
     sender.start()
     report = replay(platform, "--scope", "view", "--require-equal")
     sender.join()
@@ -73,10 +73,10 @@ def test_rebuilds_swap_in_while_events_flow_and_equal_the_live_projections(platf
     assert report["tables"]["identity_identifier"]["rows"] > 0
 
     # the live workers go on, on the rebuilt tables, from exactly where the replaced ones ended
-    publish(platform.stack.kafka_bootstrap, third)
+    publish(platform, third)
     assert_equals_reference(platform.dsn, events)
-    assert_indicators_equal_reference(platform.dsn, platform.stack.kafka_bootstrap)
-    counts = assert_feed_matches_state(platform.dsn, platform.stack.kafka_bootstrap, set(reference_views(events)))
+    assert_indicators_equal_reference(platform)
+    counts = assert_feed_matches_state(platform, set(reference_views(events)))
     assert counts["changes"] > counts["customers"]
 
     listed = subprocess.run([str(VENV_BIN / "crm"), "replay", "--list"], env=platform.env(), capture_output=True,
@@ -87,7 +87,7 @@ def test_rebuilds_swap_in_while_events_flow_and_equal_the_live_projections(platf
 def test_an_interrupted_rebuild_resumes_and_a_wrong_one_is_refused(platform, unique):
     events = journeys(unique, 40)
     platform.processor(CRM_BATCH_SIZE="100", CRM_STATE_TICK_S="1")
-    publish(platform.stack.kafka_bootstrap, events)
+    publish(platform, events)
     k = sorted({event_key(e["source"], e["id"]) for e in events})
     wait_for(lambda: applied(platform.dsn, k) == len(k), 180, "the events applied")
 

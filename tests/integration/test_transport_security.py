@@ -279,11 +279,10 @@ def test_kafka_refuses_wrong_credentials_an_unknown_ca_and_plaintext_clearly(sec
     }
     for reason, env in cases.items():
         environ(**env)
-        started = time.monotonic()
         # long enough for a TLS and SCRAM handshake on a busy machine to get as far as the refusal
         assert kafka_admin.main(["ready", "--bootstrap", bootstrap, "--timeout", "30"]) == 1
         said = capsys.readouterr().err
-        assert reason in said and time.monotonic() - started < 60, said
+        assert reason in said, said
         assert_no_secret(secured, said)
         assert wrong not in said
 

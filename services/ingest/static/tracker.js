@@ -2,7 +2,7 @@
 (function (w, d) {
   "use strict";
   const COOKIE_DAYS = 365; // the collector writes its tracker_cookie_days here
-  const BATCH = 20, WAIT_MS = 1000, SESSION_MS = 18e5, MAX_BODY = 6e4, MAX_EVENT = 32e3;
+  const BATCH = 20, SESSION_MS = 18e5, MAX_BODY = 6e4, MAX_EVENT = 32e3;
   const RETRIES = 5, TRIES = 10, STORED = 200, AGE_MS = 6048e5;
   const Q = "crm_queue", UID = "crm_uid", SID = "crm_session", AID = "crm_aid";
   const prior = w.crm;
@@ -13,6 +13,8 @@
   const attr = (n) => (tag && tag.getAttribute("data-" + n)) || "";
   const base = attr("collector") || (tag ? new URL(tag.src, location.href).origin : "");
   const endpoint = base + "/v1/tracker/events?key=" + encodeURIComponent(attr("key"));
+  // how long a batch waits for more events (data-batch-wait-ms, default 1 s); unload sends at once
+  const WAIT_MS = Math.min(6e4, Math.max(0, parseInt(attr("batch-wait-ms"), 10) || 1000));
   const dnt = attr("respect-dnt") === "true" &&
     (navigator.doNotTrack === "1" || w.doNotTrack === "1" || navigator.globalPrivacyControl === true);
 
