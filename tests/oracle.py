@@ -1,0 +1,775 @@
+"""An independent oracle: what users of the CRM should observe, computed from the definitions alone.
+
+Deliberately independent of ``projections/`` and ``services/``: ``tests/reference.py`` calls the very
+folds the processors call, so a wrong fold agrees with itself and passes every test that compares
+the read model with it. This module is a second, deliberately plain implementation written from the
+definitions (README, the docstrings of projections/identity.py and projections/indicators.py,
+config/customer-state.toml): dicts, lists and loops over *all* the events at once, no incremental
+state, no union-find, no bounded lists. It reads validated envelopes (``events.envelope``) and the
+rules file, nothing else of the platform. Where the projections keep bounded lists (latest 5
+sentiment texts, 100 inbound contacts, 50 activity entries, 20 recent orders, 500 thread messages)
+the oracle uses every event; tests keep their data within those bounds.
+
+What it computes, from a list of touchpoints (each event key once):
+
+* identity: which identifiers are one customer (``Oracle.customers``), each event's customer;
+* per customer: its events (the timeline), contacts per channel, orders and money per currency;
+* indicator measures per minute and per slice (all, channel, queue, agent), summable over any
+  window: ``Oracle.measures`` / ``Oracle.value``;
+* lifecycle stage, value tier, segments and the at-risk flag at a moment, for the default rules
+  (``Oracle.state``);
+* ``read_model_differences``: how a PostgreSQL read model differs from all of that.
+
+Not computed: the ``segment`` indicator dimension (the processors tag facts with the customer's
+segment as the view stood when the event was processed, which depends on arrival order), customer
+ids (compare by identifier sets), traits and search terms.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+from events.envelope import InvalidEvent, Touchpoint, validate
+
+RULES_FILE = Path(__file__).resolve().parents[1] / "config" / "customer-state.toml"
+
+# --- definitions, written out -----------------------------------------------------------------------
+
+STRENGTH = ("account_id", "email", "phone", "anonymous_id")
+"""Identifier kinds, strongest first (README: identity)."""
+LIMITS = {"account_id": 1, "email": 5, "phone": 5, "anonymous_id": 100}
+"""At most this many identifiers of a kind on one customer."""
+
+CONTACTS = {
+    "email.received", "email.sent", "call.started", "call.answered", "call.ended", "call.abandoned",
+    "web.page_viewed", "web.session_started", "web.tracked", "order.placed", "order.paid", "order.refunded",
+    "order.shipped", "survey.answered", "ticket.opened", "ticket.replied", "ticket.resolved", "ticket.reopened",
+}
+"""Event types that are a contact with the customer: everything a customer or agent does on a
+channel; not profile, identity, consent or privacy events, survey invitations or web logins."""
+
+SERVICE_LEVEL_S = 20.0
+REPEAT_WINDOW = timedelta(hours=24)
+NEGATIVE = -0.3
+DAY = timedelta(days=1)
+SHANGHAI = timezone(timedelta(hours=8))  # the default business-hours zone; China keeps no daylight saving
+
+MEASURE_NAMES = (
+    "surveys_sent", "survey_answers", "csat_answers", "csat_satisfied", "nps_answers", "nps_promoters",
+    "nps_detractors", "first_responses", "first_response_s", "first_response_bh_s", "resolutions",
+    "resolution_s", "resolution_bh_s", "calls_offered", "calls_answered", "calls_abandoned", "answer_wait_s",
+    "answered_in_sl", "calls_handled", "handle_s", "contacts", "repeat_contacts", "complaints",
+    "sentiment_texts", "sentiment_sum", "sentiment_negative",
+)
+"""The measures the oracle computes, named as the columns of ``indicator_minute``."""
+
+VALUES = {  # indicator -> (numerator, subtracted, denominator, scale)
+    "csat": ("csat_satisfied", None, "csat_answers", 100),
+    "survey_response_rate": ("survey_answers", None, "surveys_sent", 100),
+    "nps": ("nps_promoters", "nps_detractors", "nps_answers", 100),
+    "first_response_time": ("first_response_s", None, "first_responses", 1),
+    "first_response_time_business": ("first_response_bh_s", None, "first_responses", 1),
+    "resolution_time": ("resolution_s", None, "resolutions", 1),
+    "resolution_time_business": ("resolution_bh_s", None, "resolutions", 1),
+    "average_wait": ("answer_wait_s", None, "calls_answered", 1),
+    "abandonment_rate": ("calls_abandoned", None, "calls_offered", 100),
+    "service_level": ("answered_in_sl", None, "calls_offered", 100),
+    "average_handle_time": ("handle_s", None, "calls_handled", 1),
+    "complaint_rate": ("complaints", None, "contacts", 100),
+    "repeat_contact_rate": ("repeat_contacts", None, "contacts", 100),
+    "sentiment": ("sentiment_sum", None, "sentiment_texts", 1),
+    "negative_sentiment_rate": ("sentiment_negative", None, "sentiment_texts", 100),
+}
+
+
+def strength(key: str) -> tuple[int, str]:
+    """Sort key: the strongest identifier first, then the smallest key."""
+    kind = key.split(":", 1)[0]
+    return (STRENGTH.index(kind) if kind in STRENGTH else len(STRENGTH), key)
+
+
+def keys_of(tp: Touchpoint) -> list[str]:
+    """The event's identifier keys, in the envelope's order (the primary one first)."""
+    return [i.key for i in tp.identifiers]
+
+
+def home_of(tp: Touchpoint) -> str:
+    """The identifier whose customer owns the event: an unlink's first one, else the strongest."""
+    keys = keys_of(tp)
+    if tp.type == "identity.unlinked":
+        return keys[0]
+    return sorted(keys, key=strength)[0]
+
+
+def data_of(tp: Touchpoint) -> dict[str, Any]:
+    """The event's data as on the wire (a plain dict, JSON values, defaults filled in)."""
+    return tp.to_cloudevent()["data"]
+
+
+def money(value: Decimal) -> str:
+    """An amount as the read model writes it: normalised, no exponent, "0" for zero."""
+    return format(value.normalize(), "f") if value else "0"
+
+
+def minute_of(at: datetime) -> datetime:
+    """The minute an instant is counted in."""
+    return at.replace(second=0, microsecond=0)
+
+
+def touchpoints_from(raw_events: Iterable[dict], *, default_region: str = "CN",
+                     received_at: datetime | None = None, sealed: bool = False) -> list[Touchpoint]:
+    """The valid events among raw CloudEvents, each event key once (the first copy). ``sealed``:
+    the events as a collector sealed them (identifiers as pseudonyms)."""
+    received_at = received_at or datetime.now(timezone.utc)
+    out: dict[str, Touchpoint] = {}
+    for raw in raw_events:
+        try:
+            tp = validate(raw, received_at=received_at, default_region=default_region, sealed=sealed)
+        except InvalidEvent:
+            continue
+        out.setdefault(tp.key, tp)
+    return list(out.values())
+
+
+# --- sentiment: the documented mapping, straight onto the libraries ---------------------------------
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+@lru_cache(maxsize=1)
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    return SentimentIntensityAnalyzer()
+
+
+@lru_cache(maxsize=1)
+def _cnsenti():
+    import logging
+
+    import jieba
+    from cnsenti import Sentiment
+    jieba.setLogLevel(logging.WARNING)
+    model = Sentiment()
+    for name in ("Poss", "Negs", "Denys", "Extremes", "Verys", "Mores", "Ishs"):  # speed only: same lookups
+        setattr(model, name, frozenset(getattr(model, name)))
+    return model
+
+
+@lru_cache(maxsize=16384)
+def sentiment_score(text: str | None) -> float | None:
+    """-1..+1 for customer-written text, None when there is no word to score."""
+    if not text:
+        return None
+    lines = ["" if line.lstrip().startswith(">") else line for line in text.split("\n")]  # quoted history
+    text = "\n".join(lines).strip()[:2000]
+    if not re.search(r"\w", text):
+        return None
+    if _CJK.search(text):
+        found = _cnsenti().sentiment_calculate(text)
+        pos, neg, words = float(found["pos"]), float(found["neg"]), float(found["words"])
+        value = (pos - neg) / (pos + neg + words) if pos + neg else 0.0
+    else:
+        value = _vader().polarity_scores(text)["compound"]
+    return round(max(-1.0, min(1.0, value)), 4)
+
+
+def customer_text(tp: Touchpoint, data: dict) -> str | None:
+    """What the customer wrote on the touchpoint (never an agent's words)."""
+    if tp.type in ("email.received", "ticket.opened"):
+        return " ".join(t for t in (data.get("subject"), data.get("body_text")) if t) or None
+    if tp.type == "ticket.replied" and data.get("author") == "customer":
+        return data.get("body_text") or None
+    if tp.type == "survey.answered":
+        return data.get("comment") or None
+    return None
+
+
+def is_inbound_contact(tp: Touchpoint, data: dict) -> bool:
+    """The customer reached out: an inbound call, an email to us, a new ticket."""
+    if tp.type == "call.started":
+        return data.get("direction", "inbound") == "inbound"
+    return tp.type in ("email.received", "ticket.opened")
+
+
+def channel_rated(tp: Touchpoint, data: dict) -> str:
+    """The channel an indicator counts the event on: a ticket's own channel, a survey's rated one."""
+    if tp.type.startswith("ticket."):
+        return data.get("channel") or "ticket"
+    if tp.type.startswith("survey."):
+        return data.get("rated_channel") or "survey"
+    return tp.channel
+
+
+def business_seconds(start: datetime, end: datetime) -> float:
+    """Open seconds between two instants for the default calendar: Monday to Friday 09:00-18:00
+    in Asia/Shanghai, no holidays."""
+    if end <= start:
+        return 0.0
+    total = 0.0
+    day = start.astimezone(SHANGHAI).date()
+    while day <= end.astimezone(SHANGHAI).date():
+        if day.weekday() < 5:
+            opens = datetime(day.year, day.month, day.day, 9, tzinfo=SHANGHAI)
+            closes = datetime(day.year, day.month, day.day, 18, tzinfo=SHANGHAI)
+            lo, hi = max(opens, start), min(closes, end)
+            if hi > lo:
+                total += (hi - lo).total_seconds()
+        day += timedelta(days=1)
+    return total
+
+
+# --- the oracle ---------------------------------------------------------------------------------
+
+class Oracle:
+    """Everything the oracle knows about one set of touchpoints (each event key counted once)."""
+
+    def __init__(self, touchpoints: Iterable[Touchpoint], limits: dict[str, int] | None = None,
+                 rules_file: Path | str | None = None):
+        self.events: dict[str, Touchpoint] = {}
+        for tp in touchpoints:
+            self.events.setdefault(tp.key, tp)
+        self.data: dict[str, dict] = {k: data_of(tp) for k, tp in self.events.items()}
+        self.limits = {**LIMITS, **(limits or {})}
+        self.customers: list[frozenset[str]] = self._resolve()
+        self.customer_of: dict[str, frozenset[str]] = {k: c for c in self.customers for k in c}
+        self.event_customer: dict[str, frozenset[str]] = {
+            key: self.customer_of[home_of(tp)] for key, tp in self.events.items()}
+        self.events_of: dict[frozenset[str], list[Touchpoint]] = {c: [] for c in self.customers}
+        for key in sorted(self.events, key=lambda k: (self.events[k].time, k)):
+            self.events_of[self.event_customer[key]].append(self.events[key])
+        self.facts: list[tuple[datetime, dict[str, str], dict[str, float]]] = []
+        self._indicator_facts()
+        with open(rules_file or RULES_FILE, "rb") as f:
+            self.rules = tomllib.load(f)
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def _resolve(self) -> list[frozenset[str]]:
+        """Customers as sets of identifier keys: links in event-time order (ties by event key), a
+        link refused when the joined customer would break a per-kind limit or hold two identifiers
+        an unlink named, each identifier of an event joined to its strongest one in turn."""
+        apart: set[tuple[str, str]] = set()
+        for tp in self.events.values():
+            if tp.type == "identity.unlinked":
+                for a in keys_of(tp):
+                    for b in keys_of(tp):
+                        if a != b:
+                            apart.add((a, b))
+        customer: dict[str, int] = {}     # identifier -> customer number
+        members: dict[int, set[str]] = {}  # customer number -> identifiers
+        for tp in self.events.values():
+            for k in keys_of(tp):
+                if k not in customer:
+                    customer[k] = len(customer)
+                    members[customer[k]] = {k}
+        links = [tp for tp in self.events.values() if tp.type != "identity.unlinked" and len(tp.identifiers) > 1]
+        for tp in sorted(links, key=lambda t: (t.time, t.key)):
+            ordered = sorted(set(keys_of(tp)), key=strength)
+            head = ordered[0]
+            for other in ordered[1:]:
+                a, b = customer[head], customer[other]
+                if a == b:
+                    continue
+                joined = members[a] | members[b]
+                too_many = any(sum(1 for k in joined if k.split(":", 1)[0] == kind) > limit
+                               for kind, limit in self.limits.items())
+                unlinked = any((x, y) in apart for x in members[a] for y in members[b])
+                if too_many or unlinked:
+                    continue
+                for k in members[b]:
+                    customer[k] = a
+                members[a] = joined
+                del members[b]
+        return sorted((frozenset(m) for m in members.values()), key=lambda c: sorted(c))
+
+    def anchor(self, customer: frozenset[str]) -> str:
+        """The identifier the customer's id derives from: the one first seen in event time (ties by
+        key), so the survivor of a merge is the older customer."""
+        first: dict[str, datetime] = {}
+        for tp in self.events.values():
+            for k in keys_of(tp):
+                if k in customer and (k not in first or tp.time < first[k]):
+                    first[k] = tp.time
+        return sorted(customer, key=lambda k: (first[k], k))[0]
+
+    def refused_links(self) -> bool:
+        """Whether some event's identifiers ended on different customers (a guard refused a link)."""
+        return any(len({self.customer_of[k] for k in keys_of(tp)}) > 1
+                   for tp in self.events.values() if tp.type != "identity.unlinked")
+
+    # -- the customer's view ------------------------------------------------------------------
+
+    def timeline(self, customer: frozenset[str]) -> set[str]:
+        """The event keys on the customer's timeline."""
+        return {tp.key for tp in self.events_of[customer]}
+
+    def contacts(self, customer: frozenset[str]) -> dict[str, int]:
+        """Contacts per channel (the event type's channel)."""
+        out: dict[str, int] = {}
+        for tp in self.events_of[customer]:
+            if tp.type in CONTACTS:
+                out[tp.channel] = out.get(tp.channel, 0) + 1
+        return out
+
+    def orders(self, customer: frozenset[str]) -> dict[str, Any]:
+        """Orders placed (count, per currency), their totals and refunds per currency (read-model strings)."""
+        count, refunds = 0, 0
+        counts: dict[str, int] = {}
+        revenue: dict[str, Decimal] = {}
+        refunded: dict[str, Decimal] = {}
+        for tp in self.events_of[customer]:
+            data = self.data[tp.key]
+            currency = data.get("currency", "CNY")
+            if tp.type == "order.placed":
+                count += 1
+                counts[currency] = counts.get(currency, 0) + 1
+                revenue[currency] = revenue.get(currency, Decimal(0)) + Decimal(str(data.get("total", 0)))
+            elif tp.type == "order.refunded":
+                refunds += 1
+                refunded[currency] = refunded.get(currency, Decimal(0)) + Decimal(str(data.get("amount", 0)))
+        return {"count": count, "counts": counts, "refunds": refunds,
+                "revenue": {c: money(v) for c, v in revenue.items()},
+                "refunded": {c: money(v) for c, v in refunded.items()}}
+
+    # -- indicators ---------------------------------------------------------------------------
+
+    def _fact(self, at: datetime, channel: Any, queue: Any, agent: Any, **measures: float) -> None:
+        dims = {d: str(v) for d, v in (("channel", channel), ("queue", queue), ("agent", agent)) if v}
+        self.facts.append((minute_of(at), dims, {m: float(v) for m, v in measures.items()}))
+
+    def _indicator_facts(self) -> None:
+        for key, tp in self.events.items():
+            d = self.data[key]
+            where = (channel_rated(tp, d), d.get("queue"), d.get("agent"))
+            inbound = d.get("direction", "inbound") == "inbound"
+            if tp.type == "survey.sent":
+                self._fact(tp.time, *where, surveys_sent=1)
+            elif tp.type == "survey.answered":
+                csat, nps = d.get("csat"), d.get("nps")
+                self._fact(tp.time, *where, survey_answers=1,
+                           csat_answers=1 if csat is not None else 0,
+                           csat_satisfied=1 if csat in (4, 5) else 0,
+                           nps_answers=1 if nps is not None else 0,
+                           nps_promoters=1 if nps in (9, 10) else 0,
+                           nps_detractors=1 if nps is not None and 0 <= nps <= 6 else 0)
+            elif tp.type == "call.answered" and inbound:
+                wait = float(d.get("wait_seconds") or 0)
+                self._fact(tp.time, *where, calls_offered=1, calls_answered=1, answer_wait_s=wait,
+                           answered_in_sl=1 if wait <= SERVICE_LEVEL_S else 0)
+            elif tp.type == "call.abandoned" and inbound:
+                self._fact(tp.time, *where, calls_offered=1, calls_abandoned=1)
+            elif tp.type == "call.ended" and d.get("talk_seconds") is not None:
+                handle = float(d.get("talk_seconds") or 0) + float(d.get("hold_seconds") or 0) \
+                    + float(d.get("wrap_seconds") or 0)
+                self._fact(tp.time, *where, calls_handled=1, handle_s=handle)
+            if is_inbound_contact(tp, d):
+                complaint = tp.type == "ticket.opened" and d.get("kind") == "complaint"
+                self._fact(tp.time, *where, contacts=1, complaints=1 if complaint else 0)
+            score = sentiment_score(customer_text(tp, d))
+            if score is not None:
+                self._fact(tp.time, *where, sentiment_texts=1, sentiment_sum=score,
+                           sentiment_negative=1 if score <= NEGATIVE else 0)
+        self._thread_facts()
+        self._repeat_facts()
+
+    def _thread_facts(self) -> None:
+        """First response and resolution of each conversation (email thread or ticket)."""
+        threads: dict[str, list[Touchpoint]] = {}
+        for tp in self.events.values():
+            d = self.data[tp.key]
+            if tp.type.startswith("ticket."):
+                name = f"ticket:{d.get('ticket_id')}"
+            elif tp.type in ("email.received", "email.sent"):
+                refs = d.get("references") or []
+                root = d.get("thread_id") or (refs[0] if refs else None) or d.get("in_reply_to") or d.get("message_id")
+                name = f"email:{root}"
+            else:
+                continue
+            threads.setdefault(name, []).append(tp)
+        for name, messages in threads.items():
+            messages.sort(key=lambda t: (t.time, t.key))
+            queue = next((self.data[m.key].get("queue") for m in messages if self.data[m.key].get("queue")), None)
+            roles = [self._role(m) for m in messages]
+
+            def place(m: Touchpoint, **measures: float) -> None:
+                d = self.data[m.key]
+                self._fact(m.time, channel_rated(m, d), d.get("queue") or queue, d.get("agent"), **measures)
+
+            asked = next((m for m, r in zip(messages, roles) if r == "customer"), None)
+            if asked is not None:
+                replies = [m for m, r in zip(messages, roles) if r == "agent" and m.time >= asked.time]
+                if replies:
+                    reply = replies[0]
+                    place(reply, first_responses=1, first_response_s=(reply.time - asked.time).total_seconds(),
+                          first_response_bh_s=business_seconds(asked.time, reply.time))
+            opened = next((m for m in messages if m.type == "ticket.opened"), None)
+            if name.startswith("ticket:") and opened is not None:
+                open_since, resolved_by, spent, spent_bh = opened.time, None, 0.0, 0.0
+                for m, r in zip(messages, roles):
+                    if m.time < opened.time:
+                        continue  # before the ticket was opened: no known duration
+                    if r == "resolved" and open_since is not None:
+                        spent += (m.time - open_since).total_seconds()
+                        spent_bh += business_seconds(open_since, m.time)
+                        open_since, resolved_by = None, m
+                    elif r in ("reopened", "customer") and open_since is None:
+                        open_since, resolved_by = m.time, None
+                if resolved_by is not None:  # resolved now: the time it was open, all periods
+                    place(resolved_by, resolutions=1, resolution_s=spent, resolution_bh_s=spent_bh)
+
+    def _role(self, tp: Touchpoint) -> str:
+        if tp.type in ("email.received", "ticket.opened"):
+            return "customer"
+        if tp.type == "ticket.replied":
+            return "customer" if self.data[tp.key].get("author") == "customer" else "agent"
+        if tp.type == "email.sent":
+            return "agent"
+        return {"ticket.resolved": "resolved", "ticket.reopened": "reopened"}[tp.type]
+
+    def _repeat_facts(self) -> None:
+        """Inbound contacts within 24 h after the same customer's previous one."""
+        for events in self.events_of.values():
+            inbound = [tp for tp in events if is_inbound_contact(tp, self.data[tp.key])]  # sorted already
+            for before, tp in zip(inbound, inbound[1:]):
+                if tp.time - before.time <= REPEAT_WINDOW:
+                    d = self.data[tp.key]
+                    self._fact(tp.time, channel_rated(tp, d), d.get("queue"), d.get("agent"), repeat_contacts=1)
+
+    def members(self, dim: str) -> set[str]:
+        """The members of a dimension (channel, queue, agent) that some fact names; {""} for all."""
+        if dim == "all":
+            return {""}
+        return {dims[dim] for _, dims, _ in self.facts if dim in dims}
+
+    def measures(self, dim: str = "all", member: str = "", start: datetime | None = None,
+                 end: datetime | None = None) -> dict[str, float]:
+        """The measures summed over the facts of the slice (``all``/"" or channel, queue or agent and
+        a value) whose minute lies in [start, end) (unbounded where None)."""
+        out = {m: 0.0 for m in MEASURE_NAMES}
+        for minute, dims, values in self.facts:
+            if dim != "all" and dims.get(dim) != member:
+                continue
+            if (start is not None and minute < start) or (end is not None and minute >= end):
+                continue
+            for m, v in values.items():
+                out[m] += v
+        return out
+
+    def value(self, name: str, dim: str = "all", member: str = "", start: datetime | None = None,
+              end: datetime | None = None) -> float | None:
+        """An indicator (csat, nps, abandonment_rate, service_level, average_wait, ...) over the
+        window: numerator / denominator x scale, rounded to 4 places; None without a denominator."""
+        top, minus, base, scale = VALUES[name]
+        sums = self.measures(dim, member, start, end)
+        if sums[base] <= 0:
+            return None
+        return round((sums[top] - (sums[minus] if minus else 0.0)) / sums[base] * scale, 4)
+
+    def minutes(self) -> dict[tuple[str, str, datetime], dict[str, float]]:
+        """(dim, member, minute) -> summed measures, for the slices all, channel, queue, agent."""
+        out: dict[tuple[str, str, datetime], dict[str, float]] = {}
+        for minute, dims, values in self.facts:
+            for dim, member in [("all", "")] + list(dims.items()):
+                row = out.setdefault((dim, member, minute), {m: 0.0 for m in MEASURE_NAMES})
+                for m, v in values.items():
+                    row[m] += v
+        return out
+
+    # -- customer state -----------------------------------------------------------------------
+
+    def state(self, customer: frozenset[str], as_of: datetime) -> dict[str, Any]:
+        """Lifecycle stage, value tier, segments and satisfaction flag of the customer at ``as_of``
+        by the default rules (thresholds and rates read from the rules file), from the customer's
+        events at or before ``as_of``."""
+        events = [tp for tp in self.events_of[customer] if tp.time <= as_of]
+        data = self.data
+        days = lambda t: None if t is None else (as_of - t) / DAY  # noqa: E731
+        in_window = lambda tp, n: as_of - timedelta(days=n) < tp.time <= as_of  # noqa: E731
+
+        placed = [tp for tp in events if tp.type == "order.placed"]
+        contacts = [tp for tp in events if tp.type in CONTACTS]
+        last_order = max((tp.time for tp in placed), default=None)
+        last_contact = max((tp.time for tp in contacts), default=None)
+
+        # tickets: status from each ticket's latest event; a complaint if any of its events says so
+        tickets: dict[str, list[Touchpoint]] = {}
+        for tp in events:
+            if tp.type.startswith("ticket."):
+                tickets.setdefault(str(data[tp.key].get("ticket_id")), []).append(tp)
+        open_complaints = [tid for tid, evs in tickets.items()
+                           if evs[-1].type != "ticket.resolved"
+                           and any(data[t.key].get("kind") == "complaint" for t in evs)]
+
+        reasons = self._at_risk(events, bool(open_complaints))
+
+        # value: net revenue in the base currency, RFM scores, tier
+        value = self.rules.get("value", {})
+        rates = {c: Decimal(str(r)) for c, r in value.get("rates", {}).items()}
+        rates.setdefault(value.get("currency", "CNY"), Decimal(1))
+        revenue: dict[str, Decimal] = {}
+        refunded: dict[str, Decimal] = {}
+        for tp in events:
+            d = data[tp.key]
+            if tp.type == "order.placed":
+                c = d.get("currency", "CNY")
+                revenue[c] = revenue.get(c, Decimal(0)) + Decimal(str(d.get("total", 0)))
+            elif tp.type == "order.refunded":
+                c = d.get("currency", "CNY")
+                refunded[c] = refunded.get(c, Decimal(0)) + Decimal(str(d.get("amount", 0)))
+        # a refund in a currency never ordered in does not count (net revenue is per ordered currency)
+        monetary = sum(((v - refunded.get(c, Decimal(0))) * rates[c] for c, v in revenue.items() if c in rates),
+                       Decimal(0))
+        rfm_sum = None
+        rfm = value.get("rfm", {})
+        if placed:
+            recency = 5 - sum(1 for t in rfm.get("recency_days", [30, 90, 180, 365]) if days(last_order) > t)
+            frequency = 1 + sum(1 for t in rfm.get("frequency", [2, 3, 5, 10]) if len(placed) >= t)
+            money_score = 1 + sum(1 for t in rfm.get("monetary", [500, 2000, 5000, 20000]) if float(monetary) >= t)
+            rfm_sum = recency + frequency + money_score
+        if rfm_sum is not None and (rfm_sum >= 12 or float(monetary) >= 20000):
+            tier = "high"
+        elif rfm_sum is not None and rfm_sum >= 8:
+            tier = "medium"
+        else:
+            tier = "low" if placed else "none"
+
+        # lifecycle, first match
+        def paths(kind: str, pattern: str, within: float) -> list[Touchpoint]:
+            return [tp for tp in events if tp.type == kind and in_window(tp, within)
+                    and re.search(pattern, urlsplit(str(data[tp.key].get("url", ""))).path[:200])]
+
+        if placed and days(last_order) >= 180 and days(last_contact) >= 180:
+            stage = "churned"
+        elif placed and (reasons or days(last_order) >= 90):
+            stage = "at_risk"
+        elif sum(1 for tp in placed if in_window(tp, 365)) >= 2 and not open_complaints:
+            stage = "loyal"
+        elif placed:
+            stage = "customer"
+        elif (len(paths("web.page_viewed", r"/(products?|pricing)(/|$)", 30)) >= 3
+              or paths("web.page_viewed", r"/(cart|checkout)(/|$)", 30)
+              or any(tp.type == "web.tracked" and str(data[tp.key].get("event")) == "Product Added"
+                     and in_window(tp, 30) for tp in events)
+              or any(tp.type in ("email.received", "ticket.opened") and in_window(tp, 30) for tp in events)
+              or any(tp.type == "call.started" and data[tp.key].get("direction", "inbound") == "inbound"
+                     and in_window(tp, 30) for tp in events)):
+            stage = "intent"
+        else:
+            stage = "prospect"
+
+        segments = set()
+        if tier == "high":
+            segments.add("high_value")
+            if stage in ("at_risk", "churned"):
+                segments.add("high_value_at_risk")
+        if (self._consents(events, "marketing", "email") and paths("web.page_viewed", r"/cart(/|$)", 3)
+                and not any(in_window(tp, 3) for tp in placed)):
+            segments.add("cart_abandoners")
+        if (self._consents(events, "marketing", "all") and len(paths("web.page_viewed", r"/pricing(/|$)", 7)) >= 2
+                and not placed):
+            segments.add("pricing_interest")
+        if open_complaints:
+            segments.add("open_complaint")
+        if len(placed) >= 2:
+            segments.add("repeat_buyers")
+        if self._consents(events, "marketing", "email") and stage != "churned":
+            segments.add("email_marketing")
+        return {"lifecycle": stage, "tier": tier, "segments": sorted(segments),
+                "at_risk": bool(reasons), "reasons": sorted(reasons), "orders": len(placed),
+                "monetary": format(monetary.quantize(Decimal("0.01"), ROUND_HALF_UP), "f")}
+
+    def _at_risk(self, events: list[Touchpoint], open_complaint: bool) -> list[str]:
+        """Why the customer is dissatisfied: the latest CSAT answer 1-2, the latest NPS answer 0-6,
+        the latest scored text negative, 3 inbound contacts within 24 h, an open complaint."""
+        data = self.data
+        out = []
+        csat = [data[tp.key]["csat"] for tp in events if tp.type == "survey.answered"
+                and data[tp.key].get("csat") is not None]
+        if csat and csat[-1] <= 2:
+            out.append("low_csat")
+        nps = [data[tp.key]["nps"] for tp in events if tp.type == "survey.answered"
+               and data[tp.key].get("nps") is not None]
+        if nps and nps[-1] <= 6:
+            out.append("detractor")
+        scores = [s for s in (sentiment_score(customer_text(tp, data[tp.key])) for tp in events) if s is not None]
+        if scores and scores[-1] <= NEGATIVE:
+            out.append("negative_sentiment")
+        inbound = [tp.time for tp in events if is_inbound_contact(tp, data[tp.key])]
+        if len(inbound) >= 3 and inbound[-1] - inbound[-3] <= REPEAT_WINDOW:
+            out.append("repeat_contacts")
+        if open_complaint:
+            out.append("open_complaint")
+        return out
+
+    def _consents(self, events: list[Touchpoint], purpose: str, channel: str) -> bool:
+        """Whether the customer's latest word allows ``purpose`` on ``channel`` (opt-in). For one
+        channel: the latest consent event of the purpose naming that channel or all channels. For
+        ``all``: the latest all-channels event grants, and no single channel was withdrawn after it."""
+        mine = [tp for tp in events if tp.type == "consent.changed"
+                and self.data[tp.key].get("purpose", "marketing") == purpose]
+        every = [tp for tp in mine if self.data[tp.key].get("channel", "all") == "all"]
+        if channel != "all":
+            said = [tp for tp in mine if self.data[tp.key].get("channel", "all") in (channel, "all")]
+            return bool(said) and self.data[said[-1].key].get("granted") is True
+        if not every or self.data[every[-1].key].get("granted") is not True:
+            return False
+        since = (every[-1].time, every[-1].key)
+        later = {}
+        for tp in mine:
+            if self.data[tp.key].get("channel", "all") != "all" and (tp.time, tp.key) > since:
+                later[self.data[tp.key]["channel"]] = self.data[tp.key].get("granted") is True
+        return all(later.values())
+
+    def latest(self, customer: frozenset[str]) -> datetime:
+        """The time of the customer's latest event."""
+        return self.events_of[customer][-1].time
+
+
+def oracle_of(raw_events: Iterable[dict], *, default_region: str = "CN",
+              limits: dict[str, int] | None = None) -> Oracle:
+    """The oracle of raw CloudEvents (invalid ones ignored, each event key once)."""
+    return Oracle(touchpoints_from(raw_events, default_region=default_region), limits)
+
+
+# --- the read model, compared --------------------------------------------------------------------
+
+def _at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def read_model_differences(dsn: str, touchpoints: Iterable[Touchpoint], *, as_of: datetime | None = None,
+                           indicators: bool = False, limits: dict[str, int] | None = None) -> list[str]:
+    """How the PostgreSQL read model at ``dsn`` differs from the oracle of ``touchpoints`` (empty
+    when equal), for the customers those touchpoints reach: which events share a customer (timeline),
+    which identifiers do (identity graph), contacts, orders and money of the view, and lifecycle,
+    tier, segments and at-risk flag of the state snapshot, evaluated at the snapshot's own ``as_of``
+    (or at ``as_of`` when given). Identifiers and event keys are compared as the touchpoints name
+    them (give the sealed copies for a platform that seals: their pseudonyms are what it stores);
+    sentiment of sealed texts cannot be scored here, so give opened texts when at-risk matters.
+
+    ``indicators``: also compare ``indicator_minute`` (late and on-time rows summed) per minute for
+    the slices all, channel, queue and agent over the touchpoints' time range, minus the
+    ``*_bh_s`` measures; only meaningful when the database holds no other traffic in that range.
+    """
+    import orjson
+    import psycopg2
+    import psycopg2.extras
+
+    oracle = Oracle(touchpoints, limits)
+    keys = sorted(oracle.events)
+    identifiers = sorted(oracle.customer_of)
+    out: list[str] = []
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        psycopg2.extras.register_default_jsonb(cur, loads=orjson.loads)
+        cur.execute("SELECT event_key, customer_id FROM customer_timeline WHERE event_key = ANY(%s)", (keys,))
+        owner = dict(cur.fetchall())
+        cur.execute("SELECT key, customer_id FROM identity_identifier WHERE key = ANY(%s)", (identifiers,))
+        graph = dict(cur.fetchall())
+        # identity_identifier names live customers, the timeline may name an alias a merge retired
+        cur.execute("SELECT alias, survivor FROM customer_view_alias WHERE alias = ANY(%s)",
+                    (sorted(set(owner.values()) | set(graph.values())),))
+        alias = dict(cur.fetchall())
+
+        def live(cid: str) -> str:
+            seen = set()
+            while cid in alias and alias[cid] != cid and cid not in seen:
+                seen.add(cid)
+                cid = alias[cid]
+            return cid
+
+        owner = {k: live(c) for k, c in owner.items()}
+        graph = {k: live(c) for k, c in graph.items()}
+        cids = sorted(set(owner.values()) | set(graph.values()))
+        cur.execute("SELECT customer_id, state FROM customer_view WHERE customer_id = ANY(%s)", (cids,))
+        views = dict(cur.fetchall())
+        cur.execute("SELECT customer_id, event_key FROM customer_timeline WHERE customer_id = ANY(%s)", (cids,))
+        held: dict[str, set[str]] = {}
+        for cid, key in cur.fetchall():
+            held.setdefault(cid, set()).add(key)
+        cur.execute("SELECT customer_id, live, snapshot FROM customer_state WHERE customer_id = ANY(%s)", (cids,))
+        states = {cid: snapshot for cid, is_live, snapshot in cur.fetchall() if is_live and snapshot}
+        rows = []
+        if indicators and oracle.events:
+            start = minute_of(min(tp.time for tp in oracle.events.values()))
+            end = minute_of(max(tp.time for tp in oracle.events.values())) + timedelta(days=30)  # replies come later
+            names = [m for m in MEASURE_NAMES if not m.endswith("_bh_s")]
+            cur.execute(f"SELECT dim, member, minute, {', '.join(f'sum({m})' for m in names)} FROM indicator_minute "
+                        "WHERE dim IN ('all', 'channel', 'queue', 'agent') AND minute >= %s AND minute < %s "
+                        "GROUP BY dim, member, minute", (start, end))
+            rows = cur.fetchall()
+
+    for customer in oracle.customers:
+        name = "customer of " + ", ".join(sorted(customer)[:3]) + (" ..." if len(customer) > 3 else "")
+        expected = oracle.timeline(customer)
+        if not expected:
+            continue  # identifiers named only by other customers' unlinks hold no events
+        # a platform that seals stores pseudonyms: given the plain touchpoints, no key is found and
+        # only the event keys can be compared
+        stored_ids = {graph.get(k) for k in customer} if graph else set()
+        if None in stored_ids:
+            out.append(f"{name}: identifiers not in the identity graph: "
+                       f"{sorted(k for k in customer if k not in graph)[:5]}")
+        if len(stored_ids - {None}) > 1:
+            out.append(f"{name}: its identifiers are split over {len(stored_ids - {None})} customers in the graph")
+        owners = {owner.get(k) for k in expected}
+        if None in owners:
+            out.append(f"{name}: {sum(1 for k in expected if k not in owner)} of its {len(expected)} events "
+                       f"are not on any timeline")
+        owners.discard(None)
+        if len(owners) != 1:
+            out.append(f"{name}: its events are on {len(owners)} customers' timelines")
+            continue
+        (cid,) = owners
+        if stored_ids - {None} and stored_ids - {None} != {cid}:
+            out.append(f"{name}: the graph names {sorted(stored_ids - {None})}, the timeline {cid}")
+        extra = held.get(cid, set()) - expected
+        if extra:
+            foreign = {oracle.event_customer[k] for k in extra if k in oracle.event_customer}
+            out.append(f"{name}: {cid}'s timeline holds {len(extra)} more events"
+                       + (f", {len(foreign)} other customers' by the oracle" if foreign else ""))
+            continue
+        view = views.get(cid)
+        if view is None:
+            out.append(f"{name}: no customer_view row for {cid}")
+            continue
+        if view.get("event_count") != len(expected):
+            out.append(f"{name}: view counts {view.get('event_count')} events, expected {len(expected)}")
+        if view.get("contacts") != oracle.contacts(customer):
+            out.append(f"{name}: contacts {view.get('contacts')} != {oracle.contacts(customer)}")
+        o, got = oracle.orders(customer), view.get("orders") or {}
+        for field in ("count", "counts", "refunds", "revenue", "refunded"):
+            if got.get(field) != o[field]:
+                out.append(f"{name}: orders.{field} {got.get(field)} != {o[field]}")
+        snapshot = states.get(cid)
+        if snapshot is None:
+            out.append(f"{name}: no live customer_state snapshot for {cid}")
+            continue
+        moment = as_of or _at(snapshot["as_of"])
+        want = oracle.state(customer, moment)
+        have = {"lifecycle": (snapshot.get("lifecycle") or {}).get("stage"),
+                "tier": (snapshot.get("value") or {}).get("tier"),
+                "segments": sorted(snapshot.get("segments") or []),
+                "at_risk": (snapshot.get("satisfaction") or {}).get("at_risk"),
+                "reasons": sorted((snapshot.get("satisfaction") or {}).get("reasons") or [])}
+        for field, value in have.items():
+            if value != want[field]:
+                out.append(f"{name}: {field} at {moment.isoformat()} is {value!r}, expected {want[field]!r}")
+
+    if indicators:
+        stored = {(dim, member, minute): dict(zip([m for m in MEASURE_NAMES if not m.endswith("_bh_s")],
+                                                 (float(v or 0) for v in values)))
+                  for dim, member, minute, *values in rows}
+        expected = oracle.minutes()
+        for slot in sorted(set(stored) | set(expected), key=lambda s: (s[2], s[0], s[1])):
+            got, want = stored.get(slot, {}), expected.get(slot, {})
+            wrong = [f"{m} {got.get(m, 0.0)} != {want.get(m, 0.0)}" for m in MEASURE_NAMES
+                     if not m.endswith("_bh_s") and abs(got.get(m, 0.0) - want.get(m, 0.0)) > 1e-6 * max(1.0, abs(want.get(m, 0.0)))]
+            if wrong:
+                out.append(f"indicator_minute {slot[0]}={slot[1]!r} at {slot[2].isoformat()}: " + ", ".join(wrong))
+    return out
