@@ -33,7 +33,8 @@ from services.simulator.journeys import JourneyGenerator
 from tests import http
 from tests.feed import assert_feed_matches_state
 from tests.processes import VENV_BIN, Platform, Service, free_port, wait_for
-from tests.reference import reference_indicator_totals, reference_views, vault_opener
+from tests.oracle import read_model_differences, touchpoints_from
+from tests.reference import opened_copies, reference_indicator_totals, reference_views, vault_opener
 
 FAULTS = ("processor_kill9", "processor_sigterm", "broker_restart", "postgres_restart",
           "collector_sigterm", "collector_kill9")
@@ -409,6 +410,16 @@ class Chaos:
                     return {"error": seen[-1], "attempts": len(seen), "differences_seen": seen}
                 time.sleep(2.0)
 
+    def oracle_check(self, touchpoints, timeout_s: float = 90) -> list[str]:
+        """How the read model differs from the oracle of the accepted events; looked at again
+        within ``timeout_s`` while the customer-state clock re-evaluates customers."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = read_model_differences(self.platform.dsn, touchpoints, indicators=True)
+            if not found or time.monotonic() > deadline:
+                return found
+            time.sleep(2.0)
+
     def figures(self, send_s: float, catch_up_s: float) -> dict:
         """Compare the read model with the reference fold of the accepted events."""
         dsn, accepted = self.platform.dsn, self.sender.accepted
@@ -444,6 +455,9 @@ class Chaos:
         on_customer_events = keys_on_log(read_log(self.stack.kafka_bootstrap, self.starts,
                                                   self.platform.topic(CUSTOMER_EVENTS)))
         feed = self.feed_check(set(reference))
+        # and the independent oracle (tests/oracle.py), which shares no code with the folds
+        touchpoints = touchpoints_from(opened_copies(dsn, self.platform.env()["CRM_MASTER_KEY"], sealed), sealed=True)
+        oracle_differences = self.oracle_check(touchpoints)
         return {
             "events": len(self.events),
             "sent": self.sender.sent,
@@ -464,6 +478,8 @@ class Chaos:
             "customers_differing": len(differing),
             "customers_differing_examples": differing[:5],
             "indicators_differing": indicators_differing,
+            "oracle_differences": len(oracle_differences),
+            "oracle_differences_examples": oracle_differences[:8],
             "feed": feed,
             "touchpoint_records": sum(on_touchpoints.values()),
             "touchpoints_written_twice": sum(n - 1 for n in on_touchpoints.values() if n > 1),

@@ -648,7 +648,7 @@ def read_model_differences(dsn: str, touchpoints: Iterable[Touchpoint], *, as_of
     """How the PostgreSQL read model at ``dsn`` differs from the oracle of ``touchpoints`` (empty
     when equal), for the customers those touchpoints reach: which events share a customer (timeline),
     which identifiers do (identity graph), contacts, orders and money of the view, and lifecycle,
-    tier, segments and at-risk flag of the state snapshot, evaluated at the snapshot's own ``as_of``
+    tier, segments and at-risk flag of the state snapshot, at the moment it was last evaluated
     (or at ``as_of`` when given). Identifiers and event keys are compared as the touchpoints name
     them (give the sealed copies for a platform that seals: their pseudonyms are what it stores);
     sentiment of sealed texts cannot be scored here, so give opened texts when at-risk matters.
@@ -671,14 +671,19 @@ def read_model_differences(dsn: str, touchpoints: Iterable[Touchpoint], *, as_of
         owner = dict(cur.fetchall())
         cur.execute("SELECT key, customer_id FROM identity_identifier WHERE key = ANY(%s)", (identifiers,))
         graph = dict(cur.fetchall())
-        # identity_identifier names live customers, the timeline may name an alias a merge retired
-        cur.execute("SELECT alias, survivor FROM customer_view_alias WHERE alias = ANY(%s)",
-                    (sorted(set(owner.values()) | set(graph.values())),))
+        # identity_identifier names live customers, the timeline may name an alias a merge retired;
+        # as the API does, a customer with a view answers for itself (an alias row of it may be stale:
+        # a later re-anchoring merged the other way), any other follows its alias rows
+        named = sorted(set(owner.values()) | set(graph.values()))
+        cur.execute("SELECT alias, survivor FROM customer_view_alias WHERE alias = ANY(%s)", (named,))
         alias = dict(cur.fetchall())
+        cur.execute("SELECT customer_id FROM customer_view WHERE customer_id = ANY(%s)",
+                    (sorted(set(named) | set(alias.values())),))
+        has_view = {r[0] for r in cur.fetchall()}
 
         def live(cid: str) -> str:
             seen = set()
-            while cid in alias and alias[cid] != cid and cid not in seen:
+            while cid not in has_view and cid in alias and alias[cid] != cid and cid not in seen:
                 seen.add(cid)
                 cid = alias[cid]
             return cid
@@ -692,8 +697,13 @@ def read_model_differences(dsn: str, touchpoints: Iterable[Touchpoint], *, as_of
         held: dict[str, set[str]] = {}
         for cid, key in cur.fetchall():
             held.setdefault(cid, set()).add(key)
-        cur.execute("SELECT customer_id, live, snapshot FROM customer_state WHERE customer_id = ANY(%s)", (cids,))
-        states = {cid: snapshot for cid, is_live, snapshot in cur.fetchall() if is_live and snapshot}
+        # the row's as_of is when the customer was last evaluated; the snapshot's own as_of stays at
+        # the evaluation that last changed it (an evaluation finding nothing new keeps the snapshot)
+        cur.execute("SELECT customer_id, live, snapshot, as_of FROM customer_state WHERE customer_id = ANY(%s)",
+                    (cids,))
+        states = {cid: snapshot for cid, is_live, snapshot, _ in cur.fetchall() if is_live and snapshot}
+        cur.execute("SELECT customer_id, as_of FROM customer_state WHERE customer_id = ANY(%s)", (cids,))
+        evaluated = dict(cur.fetchall())
         rows = []
         if indicators and oracle.events:
             start = minute_of(min(tp.time for tp in oracle.events.values()))
@@ -750,7 +760,7 @@ def read_model_differences(dsn: str, touchpoints: Iterable[Touchpoint], *, as_of
         if snapshot is None:
             out.append(f"{name}: no live customer_state snapshot for {cid}")
             continue
-        moment = as_of or _at(snapshot["as_of"])
+        moment = as_of or evaluated.get(cid) or _at(snapshot["as_of"])
         want = oracle.state(customer, moment)
         have = {"lifecycle": (snapshot.get("lifecycle") or {}).get("stage"),
                 "tier": (snapshot.get("value") or {}).get("tier"),

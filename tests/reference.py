@@ -104,6 +104,29 @@ def vault_opener(dsn: str, master_key: str) -> Opener:
     return opener
 
 
+def opened_copies(dsn: str, master_key: str, events: list[dict]) -> list[dict]:
+    """Sealed events with the customer's words opened (the fields sentiment reads), pseudonyms left:
+    what the independent oracle (tests/oracle.py) needs to score them as the processors do."""
+    import copy
+
+    import psycopg2
+
+    from events import pii
+    from services.common.vault import Vault, load_master_key
+
+    vault = Vault(load_master_key(master_key, None))
+    out = copy.deepcopy(events)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        for event in out:
+            data = event.get("data")
+            if isinstance(data, dict):
+                texts = {f: data[f] for f in Vault.TEXT_FIELDS if isinstance(data.get(f), str)}
+                if texts:
+                    data.update({f: ("" if v == pii.ERASED else v) for f, v in vault.open_text(cur, texts).items()})
+    conn.close()
+    return out
+
+
 def sealed(value: dict | None) -> bool:
     """A touchpoint naming pseudonyms: sealed by a collector, or an operator action of the API
     (unmerge, erasure). Its subjects live in that platform's database only."""

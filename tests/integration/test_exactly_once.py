@@ -18,7 +18,8 @@ from services.simulator.journeys import JourneyGenerator
 from tests.feed import assert_feed_matches_state, read_records
 from tests.integration.test_processors import publish
 from tests.processes import wait_for
-from tests.reference import (reference_indicator_totals, reference_partition, reference_views,
+from tests.oracle import read_model_differences, touchpoints_from
+from tests.reference import (opened_copies, reference_indicator_totals, reference_partition, reference_views,
                              sealed_copies, vault_opener)
 
 
@@ -53,21 +54,41 @@ def differences(dsn: str, reference: dict[str, dict]) -> list[str]:
     return out
 
 
-def assert_equals_reference(dsn: str, events: list[dict], timeout: float = 120, sealed_by=None) -> None:
-    """``sealed_by``: the platform whose collector took the events; the reference folds them as
-    sealed on the log (pseudonyms, tokens), opening the customer's words with its keys."""
+def assert_equals_reference(dsn: str, events: list[dict], timeout: float = 120, sealed_by=None,
+                            indicators: bool = True) -> None:
+    """The read model equals the batch fold of ``events`` (the same folds, run at once) and the
+    independent oracle of them (tests/oracle.py: identity, timeline, contacts, orders, state and,
+    with ``indicators``, every indicator minute; only when the database holds these events alone).
+
+    ``sealed_by``: the platform whose collector took the events; both fold them as sealed on the
+    log (pseudonyms, tokens), opening the customer's words with its keys."""
     keys = sorted({event_key(e["source"], e["id"]) for e in events})
     if sealed_by is None:
         reference = reference_views(events)
+        touchpoints = touchpoints_from(events)
     else:
-        reference = reference_views(sealed_copies(sealed_by, events),
-                                    opener=vault_opener(dsn, sealed_by.env()["CRM_MASTER_KEY"]))
+        copies = sealed_copies(sealed_by, events)
+        master_key = sealed_by.env()["CRM_MASTER_KEY"]
+        reference = reference_views(copies, opener=vault_opener(dsn, master_key))
+        touchpoints = touchpoints_from(opened_copies(dsn, master_key, copies), sealed=True)
     wait_for(lambda: applied(dsn, keys) == len(keys), timeout, f"{len(keys)} events applied")
     try:
         wait_for(lambda: not differences(dsn, reference), 30, "the read model to equal the reference")
     except AssertionError:
         diff = differences(dsn, reference)
         raise AssertionError(f"{len(diff)} customers differ from the reference fold, e.g. {diff[:5]}") from None
+    assert_equals_oracle(dsn, touchpoints, indicators=indicators)
+
+
+def assert_equals_oracle(dsn: str, touchpoints, indicators: bool = True) -> None:
+    """The read model says what the independent oracle says of ``touchpoints`` (state snapshots may
+    still be catching up with the clock: waited for)."""
+    try:
+        wait_for(lambda: not read_model_differences(dsn, touchpoints, indicators=indicators), 60,
+                 "the read model to equal the independent oracle")
+    except AssertionError:
+        diff = read_model_differences(dsn, touchpoints, indicators=indicators)
+        raise AssertionError(f"{len(diff)} differences from the independent oracle, e.g. {diff[:8]}") from None
 
 
 def whole_log(platform) -> list[dict]:

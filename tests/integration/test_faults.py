@@ -69,6 +69,7 @@ def assert_exact(figures: dict) -> None:
     assert figures["unconfirmed_applied"] == 0
     assert figures["customers_differing"] == 0, figures["customers_differing_examples"]
     assert figures["indicators_differing"] == {}
+    assert figures["oracle_differences"] == 0, figures["oracle_differences_examples"]
     assert "error" not in figures["feed"], figures["feed"]
     assert figures["feed"]["changes"] > figures["customers"] / 2
 
