@@ -42,9 +42,9 @@ EVENTS_BODY = {
                 {"type": "object", "properties": {"batch": {"type": "array",
                                                             "items": {"$ref": "#/components/schemas/CloudEventIn"}}}},
             ]}},
-            "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEventIn"}},
+            "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
             "application/cloudevents-batch+json": {"schema": {"type": "array",
-                                                              "items": {"$ref": "#/components/schemas/CloudEventIn"}}},
+                                                              "items": {"$ref": "#/components/schemas/CloudEvent"}}},
         },
     },
 }
@@ -64,6 +64,10 @@ CLOUDEVENT_IN = {
         "data": {"type": "object"},
     },
 }
+
+
+# the CloudEvents media types: specversion is REQUIRED there (the plain form lets it default to 1.0)
+CLOUDEVENT = {**CLOUDEVENT_IN, "required": ["specversion", *CLOUDEVENT_IN["required"]]}
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -129,7 +133,8 @@ def create_app(settings: Settings, publisher: KafkaPublisher, vault: Vault | Non
 
     def openapi() -> dict[str, Any]:
         schema = original_openapi()
-        schema.setdefault("components", {}).setdefault("schemas", {})["CloudEventIn"] = CLOUDEVENT_IN
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["CloudEventIn"], schemas["CloudEvent"] = CLOUDEVENT_IN, CLOUDEVENT
         return schema
 
     app.openapi = openapi
