@@ -7,7 +7,8 @@
 #
 # Environment: CRM_HOME (<repo>/.crm), CRM_VENV (<repo>/.venv), and the CRM_* settings of the
 # services themselves (CRM_KAFKA_BOOTSTRAP, CRM_PG_DSN, CRM_INGEST_PORT, CRM_API_PORT, CRM_WEBHOOKS_PORT, ...).
-# CRM_SIMULATOR_ARGS: extra arguments for crm-simulator (default: --rate 20 --loop).
+# CRM_SIMULATOR_ARGS: extra arguments for crm-simulator (default: --rate 150 --backfill 3 --loop: a busy
+# shop, with the last 3 hours of history sent first so the 1 h and 24 h windows are not empty).
 #
 # API keys: `start` makes sure the demo has two keys in the database, created once with `crm keys
 # create` and kept in $CRM_HOME/keys/ (mode 0600, never in the repository): simulator.key
@@ -49,7 +50,7 @@ command_of() {
     # the demo shop's static pages (examples/shop), on an origin of their own for the web tracker
     shop) echo "$VENV/bin/python -m http.server ${CRM_SHOP_PORT:-8081} --bind 127.0.0.1 --directory $REPO/examples/shop" ;;
     # shellcheck disable=SC2086
-    simulator) echo "$VENV/bin/crm-simulator ${CRM_SIMULATOR_ARGS:---rate 20 --loop}" ;;
+    simulator) echo "$VENV/bin/crm-simulator ${CRM_SIMULATOR_ARGS:---rate 150 --backfill 3 --loop}" ;;
     *) echo "services: unknown service $1" >&2; exit 2 ;;
   esac
 }

@@ -20,6 +20,11 @@ from events.touchpoints import EVENT_TYPES, EventType, TouchpointData
 _EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 CORE_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "data")
 
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+"""An RFC 3339 date-time, as CloudEvents requires of ``time``: seconds and an offset are not
+optional (pydantic alone also takes ``10:00Z``, a space for the ``T`` and Unix timestamps)."""
+TIME_FORMAT = "must be an RFC 3339 date-time with seconds and an offset, e.g. 2026-11-22T10:00:00Z"
+
 EARLIEST_TIME = datetime(1900, 1, 1, tzinfo=timezone.utc)
 LATEST_TIME = datetime(2200, 1, 1, tzinfo=timezone.utc)
 """Event times are refused outside [EARLIEST_TIME, LATEST_TIME): the folds add windows and periods
@@ -42,10 +47,18 @@ class CloudEvent(BaseModel):
     source: str = Field(min_length=1, max_length=1024)
     type: str = Field(min_length=1, max_length=200)
     time: datetime | None = None
-    subject: str | None = Field(None, max_length=1024)
-    datacontenttype: str | None = Field("application/json")
-    dataschema: str | None = Field(None, max_length=1024)
+    # CloudEvents: an optional attribute, when present, is non-empty
+    subject: str | None = Field(None, min_length=1, max_length=1024)
+    datacontenttype: str | None = Field("application/json", min_length=1)
+    dataschema: str | None = Field(None, min_length=1, max_length=1024)
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        if value is not None and not (isinstance(value, str) and RFC3339.match(value)):
+            raise ValueError(f"time {TIME_FORMAT}")
+        return value
 
     @field_validator("time")
     @classmethod
@@ -273,20 +286,31 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
     return tuple(found), tuple(invalid)
 
 
-def validate(raw: Any, *, received_at: datetime, default_region: str = "CN", sealed: bool = False) -> Touchpoint:
+def validate(raw: Any, *, received_at: datetime, default_region: str = "CN", sealed: bool = False,
+             require_specversion: bool = False) -> Touchpoint:
     """Validate one raw structured CloudEvent (a decoded JSON object) into a Touchpoint.
 
     ``time`` defaults to ``received_at``; when the sender gives ``sentat`` (its own clock at
     sending), the time is corrected for client clock skew: time = received_at - (sentat - time).
     Raises InvalidEvent listing every problem. ``sealed``: the event was sealed by the collector
     (``events.pii``), as every event on crm.touchpoints is: pseudonyms are identifiers, and each
-    encrypted token stands for a valid value of its field.
+    encrypted token stands for a valid value of its field. ``require_specversion``: the event came
+    in a CloudEvents mode (a CloudEvents media type or ``ce-`` headers), where ``specversion`` is
+    REQUIRED; the collector's plain ``application/json`` form and the processors let it default to 1.0.
     """
     if not isinstance(raw, dict):
         raise InvalidEvent("schema_violation", [FieldError("", "an event must be a JSON object")])
     unstorable = [] if _storable(raw) else content_errors(raw)
     if unstorable:
         raise InvalidEvent("schema_violation", unstorable)
+    early = []
+    if require_specversion and "specversion" not in raw:
+        early.append(FieldError("specversion", "Field required: every CloudEvent names its specversion (\"1.0\")"))
+    if "data_base64" in raw:  # a member of the JSON format, not an extension: binary data
+        early.append(FieldError("data_base64", "data and data_base64 are mutually exclusive" if "data" in raw else
+                                "binary data (data_base64) is not accepted: the collector takes JSON data only (data)"))
+    if early:
+        raise InvalidEvent("schema_violation", early)
     try:
         envelope = CloudEvent.model_validate(raw)
     except ValidationError as exc:
@@ -317,11 +341,11 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN", sea
     sent_at = ext.pop("sentat", None)
     if sent_at is not None:
         try:
-            sent = datetime.fromisoformat(str(sent_at).replace("Z", "+00:00"))
-            if sent.tzinfo is None:
+            if not (isinstance(sent_at, str) and RFC3339.match(sent_at)):
                 raise ValueError
+            sent = datetime.fromisoformat(sent_at.upper().replace("Z", "+00:00"))
         except ValueError:
-            raise InvalidEvent("schema_violation", [FieldError("sentat", "sentat must be an RFC 3339 time with offset")]) from None
+            raise InvalidEvent("schema_violation", [FieldError("sentat", f"sentat {TIME_FORMAT}")]) from None
         if not _in_range(sent):
             raise InvalidEvent("schema_violation", [FieldError("sentat", f"sentat must be {TIME_RANGE}")])
         time = received_at - (sent - time)

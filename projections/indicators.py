@@ -118,7 +118,8 @@ INDICATORS: dict[str, Indicator] = {i.name: i for i in (
 )}
 
 WINDOWS: dict[str, timedelta] = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1),
-                                 "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+                                 "24h": timedelta(hours=24), "7d": timedelta(days=7),
+                                 "30d": timedelta(days=30)}  # operations review by month
 
 
 @dataclass(frozen=True)

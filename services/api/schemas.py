@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from events.envelope import NUL_MESSAGE
+from projections.indicators import WINDOWS
 
 
 class RequestBody(BaseModel):
@@ -193,10 +194,13 @@ class IndicatorValue(BaseModel):
     unit: str
 
 
+WindowName = Literal[tuple(WINDOWS)]  # the one list of windows (projections/indicators.py)
+
+
 class IndicatorSlice(BaseModel):
     dimension: Literal["all", "channel", "queue", "agent", "segment"]
     member: str = Field(description="the dimension's value ('' for all)")
-    window: Literal["5m", "1h", "24h", "7d"]
+    window: WindowName
     indicators: dict[str, IndicatorValue]
 
 

@@ -36,6 +36,12 @@ class KafkaPublisher:
         self._lock = threading.Lock()
         self._last_attempt = 0.0
         self.last_error: str | None = None
+        # what the broker last did for us (monotonic times): an acknowledgement or a failure
+        self._last_ack: float | None = None
+        self._last_failure: float | None = None
+        self._probe = None  # a group-less consumer kept for health probes while nothing is sent
+        self._probed: tuple[float, bool, str | None] | None = None
+        self._probe_lock = threading.Lock()
 
     def _create(self) -> KafkaProducer:
         timeout_ms = int(self.ack_timeout_s * 1000)
@@ -79,14 +85,52 @@ class KafkaPublisher:
                     self._producer = self._create()
                     self.last_error = None
                 except (KafkaError, OSError) as exc:  # OSError: e.g. a TLS file that cannot be read
+                    self._last_failure = time.monotonic()
                     self.last_error = (f"cannot connect to Kafka at {self.bootstrap} "
                                        f"({self.security.describe()}): {exc}")
                     raise KafkaUnavailable(self.last_error) from exc
         return self._producer
 
-    @property
-    def connected(self) -> bool:
-        return self._producer is not None and self._producer.bootstrap_connected()
+    HEALTH_FRESH_S = 5.0
+    """An acknowledgement or failure younger than this answers ``health`` without asking the broker;
+    a probe's answer is kept as long (health checks every few seconds cost the broker little)."""
+
+    def health(self) -> tuple[bool, str | None]:
+        """(reachable, why not): from the newest acknowledgement or failure when it is fresh, else
+        from a metadata request to the cluster. (kafka-python's ``bootstrap_connected()`` is true
+        only while bootstrapping, so it said "unavailable" while every send was acknowledged.)
+        Blocking: call it from a thread."""
+        now = time.monotonic()
+        ack, failure = self._last_ack, self._last_failure
+        newest = max((t for t in (ack, failure) if t is not None), default=None)
+        if newest is not None and now - newest < self.HEALTH_FRESH_S:
+            return (True, None) if newest == ack else (False, self.last_error)
+        with self._probe_lock:
+            if self._probed is not None and now - self._probed[0] < self.HEALTH_FRESH_S:
+                return self._probed[1], self._probed[2]
+            try:
+                if self._probe is None:
+                    from kafka import KafkaConsumer
+                    timeout_ms = int(min(self.ack_timeout_s, 5.0) * 1000)
+                    self._probe = KafkaConsumer(
+                        bootstrap_servers=self.bootstrap.split(","), client_id=f"{self.client_id}-health",
+                        enable_auto_commit=False, request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
+                        **self.security.kafka_python())
+                self._probe.topics()  # always a request to the cluster, never the cached metadata
+                answer: tuple[bool, str | None] = (True, None)
+            except Exception as exc:  # any failure is the answer, and the next probe starts afresh
+                self._close_probe()
+                answer = (False, f"Kafka at {self.bootstrap} did not answer a metadata request: {exc!r}")
+            self._probed = (time.monotonic(), *answer)
+            return answer
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            try:
+                self._probe.close()
+            except Exception:  # closing a broken client
+                pass
+            self._probe = None
 
     async def send_all(self, records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]) -> None:
         """Produce ``(topic, key, value, headers)`` records and wait for every acknowledgement."""
@@ -100,9 +144,11 @@ class KafkaPublisher:
             fut = loop.create_future()
 
             def ok(_meta) -> None:
+                self._last_ack = time.monotonic()
                 loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
 
             def failed(exc) -> None:
+                self._last_failure, self.last_error = time.monotonic(), f"not acknowledged: {exc!r}"
                 loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(KafkaUnavailable(repr(exc))))
 
             kafka_future.add_callback(ok)
@@ -118,15 +164,19 @@ class KafkaPublisher:
         except KafkaError as exc:  # e.g. metadata not available within max_block_ms
             for fut in waiting:
                 fut.cancel()
+            self._last_failure, self.last_error = time.monotonic(), repr(exc)
             raise KafkaUnavailable(repr(exc)) from exc
         try:
             await asyncio.wait_for(asyncio.gather(*waiting), timeout=self.ack_timeout_s + 1)
         except asyncio.TimeoutError as exc:
+            self._last_failure, self.last_error = time.monotonic(), f"no acknowledgement within {self.ack_timeout_s}s"
             raise KafkaUnavailable(f"Kafka did not acknowledge within {self.ack_timeout_s}s") from exc
 
     def close(self) -> None:
         """Flush and close (the requests are answered by then; anything left unacknowledged was
         answered 503)."""
+        with self._probe_lock:
+            self._close_probe()
         if self._producer is not None:
             try:
                 self._producer.close(timeout=5)

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         description="service desk calendar as JSON: timezone, opening hours per weekday, holidays "
                     "(CRM_BUSINESS_HOURS); business-hours response and resolution times use it")
     indicator_max_lateness_s: float = Field(
-        7 * 24 * 3600, gt=0,
+        30 * 24 * 3600, gt=0,  # the longest window (30d): nothing within it is left out
         description="an event arriving more than this many seconds after its event time is kept in the "
                     "per-minute history but left out of the live windows (CRM_INDICATOR_MAX_LATENESS_S)")
     indicator_alerts: list[dict] = Field(

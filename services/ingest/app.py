@@ -5,17 +5,18 @@ event; when Kafka cannot be reached the answer is 503 with Retry-After and nothi
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from services.common.settings import Settings
 from services.common.publisher import KafkaPublisher
+from events import http_binding
 from services.common.apikeys import EVENTS_WRITE
 from services.common.auth import Caller, check_routes, document_scopes, require
 from services.ingest import adapters
@@ -30,7 +31,10 @@ REQUESTS = Counter("crm_ingest_requests_total", "requests to POST /v1/events", [
 EVENTS_BODY = {
     "requestBody": {
         "required": True,
-        "description": "One CloudEvent (structured JSON), a JSON array of them, or {\"batch\": [...]}.",
+        "description": "The CloudEvents HTTP binding: structured (application/cloudevents+json, one event), "
+                       "batched (application/cloudevents-batch+json, an array) or binary mode (ce-id, ce-source, "
+                       "ce-type, ce-specversion, ... headers; the body is the data, application/json). "
+                       "Also plain application/json: one event, an array of them, or {\"batch\": [...]}.",
         "content": {
             "application/json": {"schema": {"oneOf": [
                 {"$ref": "#/components/schemas/CloudEventIn"},
@@ -38,9 +42,9 @@ EVENTS_BODY = {
                 {"type": "object", "properties": {"batch": {"type": "array",
                                                             "items": {"$ref": "#/components/schemas/CloudEventIn"}}}},
             ]}},
-            "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEventIn"}},
+            "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
             "application/cloudevents-batch+json": {"schema": {"type": "array",
-                                                              "items": {"$ref": "#/components/schemas/CloudEventIn"}}},
+                                                              "items": {"$ref": "#/components/schemas/CloudEvent"}}},
         },
     },
 }
@@ -60,6 +64,10 @@ CLOUDEVENT_IN = {
         "data": {"type": "object"},
     },
 }
+
+
+# the CloudEvents media types: specversion is REQUIRED there (the plain form lets it default to 1.0)
+CLOUDEVENT = {**CLOUDEVENT_IN, "required": ["specversion", *CLOUDEVENT_IN["required"]]}
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -94,6 +102,7 @@ def create_app(settings: Settings, publisher: KafkaPublisher, vault: Vault | Non
         202: {"description": "accepted events are durable in Kafka; rejected ones are listed with reasons"},
         400: {"description": "malformed JSON, or no event in the request is valid"},
         413: {"description": "the request or an event is over the size limit"},
+        415: {"description": "a media type other than application/json, application/cloudevents+json, application/cloudevents-batch+json (binary mode: JSON data only)"},
         503: {"description": "Kafka unavailable; retry after Retry-After seconds (same ids are deduplicated)"},
     })
     async def post_events(request: Request, caller: Annotated[Caller, Depends(require(EVENTS_WRITE))]) -> Response:
@@ -103,27 +112,18 @@ def create_app(settings: Settings, publisher: KafkaPublisher, vault: Vault | Non
         body = await read_body(request, settings.max_batch_bytes)
         if body is None:  # chunked, without a length: stopped reading at the limit
             return _error(413, f"request body is over the limit of {settings.max_batch_bytes} bytes")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return _error(400, f"malformed JSON: {exc}")
-        single = isinstance(payload, dict) and "batch" not in payload
-        if single:
-            items = [payload]
-        elif isinstance(payload, dict) and isinstance(payload.get("batch"), list):
-            items = payload["batch"]
-        elif isinstance(payload, list):
-            items = payload
-        else:
-            return _error(400, "the body must be an event object, an array of events or {\"batch\": [...]}")
-        outcome = await intake.accept(caller, items, single=single)
+        try:  # which CloudEvents HTTP mode (events/http_binding.py)
+            got = http_binding.read(request.headers, body)
+        except http_binding.Refused as exc:
+            return _error(exc.status, exc.message)
+        outcome = await intake.accept(caller, got.items, single=got.single, cloudevents=got.cloudevents)
         return outcome.response()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
+        reachable, error = await asyncio.to_thread(publisher.health)  # may ask the broker
         return {"status": "ok", "service": "crm-ingest",
-                "kafka": "connected" if publisher.connected else "unavailable",
-                "kafka_error": publisher.last_error}
+                "kafka": "connected" if reachable else "unavailable", "kafka_error": error}
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -133,7 +133,8 @@ def create_app(settings: Settings, publisher: KafkaPublisher, vault: Vault | Non
 
     def openapi() -> dict[str, Any]:
         schema = original_openapi()
-        schema.setdefault("components", {}).setdefault("schemas", {})["CloudEventIn"] = CLOUDEVENT_IN
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["CloudEventIn"], schemas["CloudEvent"] = CLOUDEVENT_IN, CLOUDEVENT
         return schema
 
     app.openapi = openapi

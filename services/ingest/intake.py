@@ -113,19 +113,21 @@ class Intake:
             return [self.vault.seal(cur, tp) for tp in tps]
 
     async def accept(self, caller: Caller | None, items: list[Any], *, single: bool = False,
-                     adapter: str | None = None) -> Outcome:
+                     adapter: str | None = None, cloudevents: bool = True) -> Outcome:
         """Validate and publish ``items`` (raw CloudEvent dicts). ``caller`` is the API key's caller,
         charged per event; None for a request authenticated otherwise (a platform's signature), whose
         events are charged to their sources' buckets only. ``single``: the request held one event (an
-        oversize one answers 413 rather than 400). ``adapter`` labels the metrics."""
-        outcome = await self._accept(caller, items, single)
+        oversize one answers 413 rather than 400). ``adapter`` labels the metrics. ``cloudevents``: the
+        events came in a CloudEvents mode, so each must name its ``specversion`` (False: the plain
+        ``application/json`` form of ``POST /v1/events``, where it defaults to 1.0)."""
+        outcome = await self._accept(caller, items, single, cloudevents)
         if adapter is None:
             self.on_status(outcome.status)
         else:
             ADAPTER_REQUESTS.labels(adapter, str(outcome.status)).inc()
         return outcome
 
-    async def _accept(self, caller: Caller | None, items: list[Any], single: bool) -> Outcome:
+    async def _accept(self, caller: Caller | None, items: list[Any], single: bool, cloudevents: bool) -> Outcome:
         settings, guard = self.settings, self.guard
         if not items:
             return Outcome(400, error="the batch is empty")
@@ -152,7 +154,8 @@ class Intake:
                 REJECTED.labels("oversize").inc()
                 continue
             try:
-                tp = validate(item, received_at=received_at, default_region=settings.default_region)
+                tp = validate(item, received_at=received_at, default_region=settings.default_region,
+                              require_specversion=cloudevents)
             except InvalidEvent as exc:
                 rejected.append({"index": index, "id": item_id, "reason": exc.kind,
                                  "errors": [e.as_dict() for e in exc.errors]})

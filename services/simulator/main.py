@@ -366,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "re-runs that repeat the same times too")
     p.add_argument("--loop", action="store_true",
                    help="after all customers, continue with new customers until --duration/--max-events/Ctrl-C")
+    p.add_argument("--backfill", type=_positive(float), metavar="HOURS",
+                   help="first send --backfill-customers journeys laid out over the last HOURS hours (at "
+                        "--backfill-rate), so the 1 h and 24 h windows hold data from the start; then go live: "
+                        "every later event carries the time it is sent")
+    p.add_argument("--backfill-customers", type=_positive(int), default=1000, metavar="N",
+                   help="customers of the backfill (default: %(default)s, about 19 events each)")
+    p.add_argument("--backfill-rate", type=_positive(float), default=500.0, metavar="EVENTS_PER_SECOND",
+                   help="pace of the backfill (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress display; only problems and the summary")
     p.add_argument("--kafka", metavar="BOOTSTRAP", nargs="?", const="settings",
                    help="write straight to crm.touchpoints with the SDK's Kafka producer instead of posting to the "
@@ -386,13 +394,33 @@ def auth_headers(key: str) -> dict[str, str]:
 
 
 def journey_events(seed: int, customers: int, start: datetime | None, loop: bool,
-                   now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Iterator[dict[str, Any]]:
+                   now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                   first_index: int = 0) -> Iterator[dict[str, Any]]:
     """The events to send: one round of ``customers`` customers, or endless rounds of new ones with ``loop``."""
     rounds = itertools.count() if loop else range(1)
     for n in rounds:
         # each round keeps its journeys in the last week unless the user fixed the start
         round_start = start if start is not None else now() - timedelta(days=7)
-        yield from JourneyGenerator(seed, round_start).stream(customers, first_index=n * customers)
+        yield from JourneyGenerator(seed, round_start).stream(customers, first_index=first_index + n * customers)
+
+
+def backfill_events(seed: int, customers: int, hours: float,
+                    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Iterator[dict[str, Any]]:
+    """Journeys of customers 0 .. ``customers`` - 1 squeezed into the last ``hours`` hours (in order),
+    ending now: the history a shop that had been running would have. The live rounds take the
+    customers after these, so no event id repeats (a repeat would be deduplicated away)."""
+    span = timedelta(hours=hours)
+    yield from JourneyGenerator(seed, now() - span, span=span).stream(customers)
+
+
+def live_times(events: Iterable[dict[str, Any]],
+               now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> Iterator[dict[str, Any]]:
+    """Each event stamped with the time it is taken to be sent. The stream is in event-time order,
+    so every customer's events keep their order; the live windows (5 min, 1 h) then fill as the
+    events flow, rather than only when a round's week-long layout reaches its last hour."""
+    for event in events:
+        event["time"] = now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        yield event
 
 
 def run(argv: list[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> None:
@@ -438,10 +466,20 @@ def run(argv: list[str] | None = None, *, transport: httpx.BaseTransport | None 
     pump = Pump(sender, rate=args.rate, batch_size=args.batch, wait=stop.wait,
                 on_progress=reporter.progress, on_problem=reporter.problem)
     reason = "done"
+    backfilled = None
+    events = journey_events(args.seed, args.customers, args.start, args.loop)
+    if args.backfill:
+        events = live_times(journey_events(args.seed, args.customers, args.start, args.loop,
+                                           first_index=args.backfill_customers))
     try:
         with reporter:
-            stats = pump.run(journey_events(args.seed, args.customers, args.start, args.loop),
-                             max_events=args.max_events, duration=args.duration, stopped=stop.is_set)
+            if args.backfill:
+                filler = Pump(sender, rate=args.backfill_rate, batch_size=max(args.batch, 200), wait=stop.wait,
+                              on_progress=reporter.progress, on_problem=reporter.problem)
+                backfilled = filler.run(backfill_events(args.seed, args.backfill_customers, args.backfill),
+                                        stopped=stop.is_set)
+                reporter.summary(backfilled, reason=f"backfilled the last {args.backfill:g} h; going live")
+            stats = pump.run(events, max_events=args.max_events, duration=args.duration, stopped=stop.is_set)
         if signals:
             reason = f"stopped by {signals[0]}"
         elif args.max_events is not None and stats.sent + stats.discarded >= args.max_events:
@@ -457,7 +495,7 @@ def run(argv: list[str] | None = None, *, transport: httpx.BaseTransport | None 
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     reporter.summary(stats, reason=reason)
-    sys.exit(0 if stats.ok else 1)
+    sys.exit(0 if stats.ok and (backfilled is None or backfilled.ok) else 1)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,29 @@ def test_as_of_answers_the_view_as_it_stood_then_identity_included(running, uniq
     assert http.get(f"{api}/v1/customers/{cid}", params={"as_of": "yesterday"}).status_code == 422
 
 
+def test_the_timeline_filters_by_channel_and_type_and_refuses_unknown_ones(running, unique):
+    collector, api = running
+    cid = settle(collector, api, unique)["customer_id"]
+    url = f"{api}/v1/customers/{cid}/timeline"
+
+    def ids(**params) -> list[str]:
+        r = http.get(url, params=params)
+        assert r.status_code == 200, r.text
+        return [i["event_id"] for i in r.json()["items"]]
+
+    assert ids() == [f"{unique}-{n}" for n in range(1, 6)]
+    assert ids(channel="web") == [f"{unique}-1", f"{unique}-5"]
+    assert ids(type="order.placed") == [f"{unique}-3", f"{unique}-4"]
+    assert ids(channel="shop,profile", order="desc") == [f"{unique}-4", f"{unique}-3", f"{unique}-2"]
+    assert ids(type=["profile.updated", "web.page_viewed"], channel="web") == [f"{unique}-1", f"{unique}-5"]
+    page = http.get(url, params={"channel": "shop", "limit": 1}).json()  # the cursor keeps the filter
+    assert ids(channel="shop", cursor=page["next_cursor"]) == [f"{unique}-4"]
+    for params, named in (({"channel": "fax"}, "unknown channel 'fax'"), ({"type": "order.teleported"},
+                                                                        "unknown type 'order.teleported'")):
+        r = http.get(url, params=params)
+        assert r.status_code == 400 and named in r.json()["error"], r.text
+
+
 @pytest.mark.parametrize("q", ["张伟", "张", "zhang", "ZHANG{u}", "海尔", "haier"])
 def test_search_by_name_or_company_prefix_in_any_script(running, unique, q):
     collector, api = running

@@ -134,6 +134,15 @@ def test_pipeline_health_counts_what_flows_and_names_every_consumer(running, pla
     assert view["stored_in"] == "postgresql" and view["lag"] == 0 and len(view["partitions"]) == 4
     assert view["freshness_s"] is not None and view["freshness_s"] >= 0
     assert after["deadletters_total"] is not None and after["lag_total"] == 0
+    # the feed relay's lag is the outbox rows it has not published: it drains, it does not only grow
+    relay = f"{platform.processor_id}.feed-relay"
+    assert [c["stored_in"] for c in after["consumers"] if c["group"] == relay] == ["outbox"]
+
+    def relay_drained():  # polled every 0.5 s: the answer is cached for 2 s per API process
+        rows = [c for c in http.get(f"{api}/v1/ops/pipeline").json()["consumers"] if c["group"] == relay]
+        return rows[0]["lag"] == 0 and rows[0]
+    drained = wait_for(relay_drained, 60, "the feed relay caught up", interval=0.5)
+    assert drained["topic"] == "feed_outbox" and drained["freshness_s"] == 0.0
     assert http.get(f"{api}/v1/ops/pipeline", key=platform.keys["customers:read"]).status_code == 403
 
 

@@ -206,3 +206,19 @@ def test_a_slipping_customer_is_flagged_at_risk_with_the_reason(running, unique)
     assert sat["index"] < 20
     listed = http.get(f"{api}/v1/customers", params={"at_risk": "true", "limit": 100}).json()["items"]
     assert found[0]["customer_id"] in [c["customer_id"] for c in listed]
+
+
+def test_a_30_day_window_holds_what_the_7_day_one_no_longer_does(running, unique):
+    collector, api = running  # the default lateness (30 d) lets a 10-day-old event count live
+    now = datetime.now(timezone.utc)
+    q = f"q-{unique}"
+    http.post(f"{collector}/v1/events", json={
+        "id": f"{unique}-old", "source": "urn:cti", "type": "call.abandoned", "time": _iso(now - timedelta(days=10)),
+        "data": {"phone_number": "+8613900000003", "call_id": f"{unique}-old", "queue": q, "wait_seconds": 30}}
+    ).raise_for_status()
+    body = wait_for(lambda: (b := _get(api, queue=q, indicator="abandonment_rate"))["items"] and
+                    _value(b, "30d", "abandonment_rate") is not None and b, 60, "the call in the 30-day window")
+    assert _value(body, "30d", "abandonment_rate") == 100.0 and _value(body, "7d", "abandonment_rate") is None
+    only = http.get(f"{api}/v1/indicators", params={"queue": q, "window": "30d"})
+    assert only.status_code == 200 and {i["window"] for i in only.json()["items"]} == {"30d"}
+    assert http.get(f"{api}/v1/indicators", params={"window": "90d"}).status_code == 400

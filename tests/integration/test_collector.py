@@ -91,3 +91,46 @@ def test_metrics_are_exposed(platform, unique):
     http.post(f"{url}/v1/events", json=call(unique))
     text = http.get(f"{url}/metrics").text
     assert 'crm_ingest_events_accepted_total{type="call.ended"}' in text
+
+
+def test_cloudevents_http_binary_structured_and_batched_modes_are_accepted(platform, unique):
+    _, url = platform.collector()
+    event = {**call(unique, 10), "specversion": "1.0"}
+    binary = {"ce-specversion": "1.0", "ce-id": f"{unique}-11", "ce-source": "urn:test:cti",
+              "ce-type": "call.ended", "ce-time": "2026-11-20T09:00:00Z", "content-type": "application/json"}
+    r = http.post(f"{url}/v1/events", headers=binary, content=orjson.dumps(event["data"]))
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == [f"{unique}-11"]
+    r = http.post(f"{url}/v1/events", headers={"content-type": "application/cloudevents+json"},
+                  content=orjson.dumps(event))
+    assert r.status_code == 202 and r.json()["accepted"] == [f"{unique}-10"], r.text
+    batch = [{**event, "id": f"{unique}-12"}, {**event, "id": f"{unique}-13"}]
+    r = http.post(f"{url}/v1/events", headers={"content-type": "application/cloudevents-batch+json"},
+                  content=orjson.dumps(batch))
+    assert r.status_code == 202 and r.json()["accepted"] == [f"{unique}-12", f"{unique}-13"], r.text
+    for n in (10, 11, 12, 13):
+        [record] = records_with_id(platform.stack.kafka_bootstrap, f"{unique}-{n}")
+        assert orjson.loads(record.value)["type"] == "call.ended"
+
+
+def test_cloudevents_modes_name_the_attribute_that_is_wrong_and_other_media_types_get_415(platform, unique):
+    _, url = platform.collector()
+    no_version = call(unique, 20)  # no specversion: a CloudEvents media type requires it
+    r = http.post(f"{url}/v1/events", headers={"content-type": "application/cloudevents+json"},
+                  content=orjson.dumps(no_version))
+    assert r.status_code == 400
+    assert r.json()["rejected"][0]["errors"][0]["field"] == "specversion"
+    r = http.post(f"{url}/v1/events", json={**call(unique, 21), "time": "2026-11-20T09:00Z"})
+    assert r.status_code == 400 and r.json()["rejected"][0]["errors"][0]["field"] == "time"
+    r = http.post(f"{url}/v1/events", content=orjson.dumps(call(unique, 22)), headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "text/plain" in r.json()["error"]
+    assert records_with_id(platform.stack.kafka_bootstrap, f"{unique}-22") == []
+
+
+def test_health_says_kafka_is_connected_while_it_acknowledges(platform, unique):
+    _, url = platform.collector()
+    # before any event: the answer comes from a metadata request to the broker
+    assert http.get(f"{url}/healthz").json()["kafka"] == "connected"
+    assert http.post(f"{url}/v1/events", json=call(unique)).status_code == 202
+    health = http.get(f"{url}/healthz").json()  # after an acknowledgement
+    assert health["kafka"] == "connected" and health["kafka_error"] is None

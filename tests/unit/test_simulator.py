@@ -608,3 +608,30 @@ def test_run_exits_non_zero_when_events_are_not_accepted(capsys: pytest.CaptureF
     assert exit_info.value.code == 1
     captured = capsys.readouterr()
     assert "not delivered" in captured.err and "failed 3" in captured.out
+
+
+def test_backfill_sends_recent_history_first_then_live_events_stamped_as_sent(capsys: pytest.CaptureFixture) -> None:
+    collector = Collector()
+    before = datetime.now(timezone.utc)
+    with pytest.raises(SystemExit) as exit_info:
+        sim.run(["--collector", "http://collector.test", "--customers", "2", "--rate", "100000", "--quiet",
+                 "--backfill", "2", "--backfill-customers", "3", "--backfill-rate", "100000", "--max-events", "10",
+                 "--loop"], transport=httpx.MockTransport(collector))
+    after = datetime.now(timezone.utc)
+    assert exit_info.value.code == 0
+    sent = [e for _, batch in collector.posts for e in batch]
+    history = sum(len(JourneyGenerator(1, before).journey(i)) for i in range(3))
+    backfill, live = sent[:history], sent[history:]
+    assert len(live) == 10
+
+    def at(event: dict) -> datetime:
+        return datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
+    # the backfill: the three customers' journeys, in the last two hours, in time order
+    assert all(before - timedelta(hours=2, seconds=1) <= at(e) <= after for e in backfill)
+    assert [at(e) for e in backfill] == sorted(at(e) for e in backfill)
+    assert {e["id"] for e in backfill} == {e["id"] for i in range(3) for e in JourneyGenerator(1, before).journey(i)}
+    # live: other customers (no id repeats, or the platform would drop them), stamped when sent
+    assert not {e["id"] for e in live} & {e["id"] for e in backfill}
+    assert all(before <= at(e) <= after for e in live)
+    assert [at(e) for e in live] == sorted(at(e) for e in live)
+    assert "backfilled the last 2 h" in capsys.readouterr().out

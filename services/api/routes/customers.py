@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from events.envelope import InvalidEvent, validate
 from events.identifiers import InvalidIdentifier, normalize
 from events.kafka_binding import structured_headers
+from events.touchpoints import EVENT_TYPES
 from events.feed import LIFECYCLE_STAGES
 from projections import customer_view
 from projections.identity import Evidence, resolve_evidence
@@ -352,14 +353,34 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise HTTPException(400, "invalid cursor; use the next_cursor of a previous page") from None
 
 
+CHANNELS = sorted({t.channel for t in EVENT_TYPES.values()})
+
+
+def _known(name: str, given: list[str] | None, known: list[str]) -> list[str]:
+    """The values of a repeatable, comma-separated filter; 400 naming any value no event can have
+    (a typo would otherwise answer an empty timeline that looks like "nothing happened")."""
+    values = sorted({v.strip() for g in given or () for v in g.split(",") if v.strip()})
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise HTTPException(400, f"unknown {name} {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    return values
+
+
 @router.get("/{customer_id}/timeline", response_model=Timeline, responses={**NOT_FOUND, 400: {"model": Problem}})
 def get_timeline(
     customer_id: str, db: DatabaseDep, caller: CustomersReader, writer: WriterDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     order: Literal["asc", "desc"] = "asc",
+    channel: Annotated[list[str] | None, Query(
+        max_length=50, description=f"only these channels (repeat, or comma-separated): {', '.join(CHANNELS)}")] = None,
+    type_: Annotated[list[str] | None, Query(
+        alias="type", max_length=50, description="only these event types (repeat, or comma-separated), e.g. call.ended")] = None,
 ) -> Timeline:
-    """Every touchpoint of the customer in event-time order (oldest first unless order=desc)."""
+    """Every touchpoint of the customer in event-time order (oldest first unless order=desc),
+    optionally only some channels or event types."""
+    channels = _known("channel", channel, CHANNELS)
+    types = _known("type", type_, sorted(EVENT_TYPES))
     after = _decode_cursor(cursor) if cursor else None
     with db.cursor() as cur:
         survivor = _resolve(cur, customer_id)
@@ -367,10 +388,13 @@ def get_timeline(
             raise HTTPException(404, f"no customer {customer_id!r}")
         op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
         where = f"AND (event_time, event_key) {op} (%s, %s)" if after else ""
+        where += " AND channel = ANY(%s)" if channels else ""
+        where += " AND type = ANY(%s)" if types else ""
         cur.execute(f"""SELECT event_id, source, type, channel, event_time, summary, data, event_key
                         FROM customer_timeline WHERE customer_id = %s {where}
                         ORDER BY event_time {direction}, event_key {direction} LIMIT %s""",
-                    (survivor, *(after or ()), limit + 1))
+                    (survivor, *(after or ()), *([channels] if channels else []), *([types] if types else []),
+                     limit + 1))
         rows = cur.fetchall()
     more = len(rows) > limit
     rows = rows[:limit]

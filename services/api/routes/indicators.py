@@ -97,7 +97,7 @@ def get_indicators(
     channel: Member = None, queue: Member = None, agent: Member = None, segment: Member = None,
     at: Annotated[datetime | None, Query(description="end of the windows (default: now)")] = None,
 ) -> IndicatorsOut:
-    """Indicator values over the live windows (5m, 1h, 24h, 7d) ending now (or ``at``): overall,
+    """Indicator values over the live windows (5m, 1h, 24h, 7d, 30d) ending now (or ``at``): overall,
     for one member of a dimension, or broken down by a dimension. Each value comes with its sample
     size (``count``, the denominator); ``value`` is null when there is no sample."""
     sel = _selection(indicator, window, dimension, channel, queue, agent, segment)

@@ -53,9 +53,11 @@ class PartitionLag(BaseModel):
 class ConsumerLag(BaseModel):
     group: str
     topic: str
-    stored_in: str = Field(description="'postgresql' (positions committed with the read model) or 'kafka'")
+    stored_in: str = Field(description="'postgresql' (positions committed with the read model), 'kafka', or "
+                                       "'outbox' (the feed relay: lag is the feed_outbox rows not yet published)")
     lag: int | None
-    freshness_s: float | None = Field(None, description="age of the newest record applied (None: none yet)")
+    freshness_s: float | None = Field(None, description="age of the newest record applied (None: none yet); "
+                                                           "the feed relay: of the oldest row waiting (0: none)")
     partitions: list[PartitionLag]
 
 
@@ -131,6 +133,7 @@ class PipelineHealth:
 
     def __init__(self, settings: Settings, db):
         self.settings, self.db = settings, db
+        self.relay = f"{settings.processor_id}.feed-relay"  # its group's name (services/processors/app.py)
         self.kafka = _Kafka(settings.kafka_bootstrap, KafkaSecurity.from_settings(settings))
         self._lock = threading.Lock()
         self._cached: tuple[float, Pipeline] | None = None
@@ -155,13 +158,15 @@ class PipelineHealth:
         return max(current - old[0][index], 0) / (now - old[0][0])
 
     def _compute(self, now: float) -> Pipeline:
-        rows, database = [], Reachability(ok=False)
+        rows, database, outbox = [], Reachability(ok=False), None
         started = time.perf_counter()
         try:
             with self.db.cursor() as cur:
                 cur.execute("""SELECT consumer, topic, partition, next_offset, last_record_at, updated_at
                                FROM processor_offsets ORDER BY consumer, topic, partition""")
                 rows = cur.fetchall()
+                cur.execute("SELECT count(*), min(created_at) FROM feed_outbox")
+                outbox = cur.fetchone()
             database = Reachability(ok=True, latency_ms=round(1000 * (time.perf_counter() - started), 1))
         except psycopg2.Error as exc:
             database = Reachability(ok=False, error=str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
@@ -169,7 +174,9 @@ class PipelineHealth:
         topics = sorted({t.name for t in TOPICS})
         started = time.perf_counter()
         try:
-            offsets = self.kafka.offsets(topics, stored_groups)
+            # the relay commits a batch number, not a position, as its group's offset (feed_relay.py):
+            # set against the topic's end it is no lag at all, so its row comes from the outbox instead
+            offsets = self.kafka.offsets(topics, stored_groups | {self.relay})
             kafka = Reachability(ok=True, latency_ms=round(1000 * (time.perf_counter() - started), 1))
         except Exception as exc:
             log.warning("pipeline health: Kafka unavailable", extra={"error": repr(exc)})
@@ -199,6 +206,11 @@ class PipelineHealth:
                     partition=tp.partition, position=position, end=end,
                     lag=max(end - position, 0) if end is not None else None))
             out += [self._group(group, topic, "kafka", parts, wall) for topic, parts in by_topic.items()]
+
+        if outbox is not None:
+            waiting, oldest = outbox
+            out.append(ConsumerLag(group=self.relay, topic="feed_outbox", stored_in="outbox", lag=waiting, partitions=[],
+                                   freshness_s=round(max((wall - oldest).total_seconds(), 0.0), 3) if oldest else 0.0))
 
         def stored_total(topic: str) -> int:
             return sum(r[3] for r in rows if r[1] == topic and r[0] == self.settings.processor_id)
