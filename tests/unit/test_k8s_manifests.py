@@ -8,6 +8,9 @@
   deploy/k8s/schemas/crd2schema.py (kept in deploy/k8s/schemas/, sources named in its README), also
   strict.
 
+The same documents also go through kubeconform (built with `go install` from the Go module proxy
+when it is not on PATH) with the same schemas, as a second, independent validator.
+
 Then what the platform needs of the manifests: every service has a Deployment, the TLS listener's
 SCRAM users exist, PostgreSQL has the lock table the projections need, traffic is fenced by
 NetworkPolicies and the HTTP services are reachable through an Ingress.
@@ -16,6 +19,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -179,3 +185,72 @@ def test_network_policies_and_ingress():
 def test_no_stale_claims():
     text = (K8S_DIR / "kafka.yaml").read_text() + (K8S_DIR / "app.yaml").read_text()
     assert "once the services' Kafka client settings support it" not in text
+
+
+# -- kubeconform: the same schemas through a second validator -------------------------------------------
+
+KUBECONFORM = "github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0"
+TOOLS = ROOT / ".crm" / "tools" / "bin"  # git-ignored; built once, reused by later runs
+
+
+def _kubeconform() -> str:
+    found = shutil.which("kubeconform") or (str(TOOLS / "kubeconform") if (TOOLS / "kubeconform").is_file() else None)
+    if found:
+        return found
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("kubeconform is not on PATH and there is no Go toolchain to build it (`go install "
+                    f"{KUBECONFORM}`); the schema checks above ran all the same")
+    TOOLS.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run([go, "install", KUBECONFORM], env={**os.environ, "GOBIN": str(TOOLS), "CGO_ENABLED": "0"},
+                           capture_output=True, text=True)
+    assert built.returncode == 0, f"go install {KUBECONFORM} failed:\n{built.stderr}"
+    return str(TOOLS / "kubeconform")
+
+
+def _standalone_core_schemas(target: Path) -> Path:
+    """kubernetes-validate's strict schemas refer to a shared _definitions.json, which kubeconform does
+    not resolve; each kind used here is written with the definitions inside it."""
+    source = (Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+              / f"v{KUBERNETES_VERSION}.0-local-strict")
+    shared = '"/api/_definitions.json#/$defs/'  # how the package's schemas point into the shared file
+
+    def local(text: str) -> dict:
+        return json.loads(text.replace(shared, '"#/$defs/'))
+    definitions = local((source / "_definitions.json").read_text())["$defs"]
+    folder = target / f"v{KUBERNETES_VERSION}.0-standalone-strict"
+    folder.mkdir(parents=True)
+    for _, doc in _documents():
+        group, _, version = doc["apiVersion"].rpartition("/")
+        if "." in group and not group.endswith(".k8s.io"):
+            continue
+        name = "-".join([doc["kind"].lower()] + ([group.split(".")[0]] if group else []) + [version]) + ".json"
+        (folder / name).write_text(json.dumps({**local((source / name).read_text()), "$defs": definitions}))
+    return target
+
+
+def _run_kubeconform(binary: str, schemas: Path, *files: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([
+        binary, "-strict", "-summary", "-output", "json", "-kubernetes-version", f"{KUBERNETES_VERSION}.0",
+        "-schema-location", str(schemas) + "/{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/"
+                                           "{{ .ResourceKind }}{{ .KindSuffix }}.json",
+        "-schema-location", str(SCHEMAS) + "/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json",
+        *map(str, files)], capture_output=True, text=True)
+
+
+def test_kubeconform_agrees(tmp_path):
+    binary = _kubeconform()
+    schemas = _standalone_core_schemas(tmp_path / "schemas")
+    done = _run_kubeconform(binary, schemas, *sorted(K8S_DIR.glob("*.yaml")))
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["summary"]["invalid"] == report["summary"]["errors"] == 0, done.stdout
+    assert report["summary"]["valid"] == len(_documents()) and report["summary"]["skipped"] == 0
+    # and it can refuse: a misspelt field in a Deployment, one in a KafkaUser
+    broken = tmp_path / "broken.yaml"
+    deployment = copy.deepcopy(_named(_documents(), "Deployment")["crm-mail"])
+    deployment["spec"]["replica"] = 2
+    user = copy.deepcopy(_named(_documents(), "KafkaUser")["crm-services"])
+    user["spec"]["authorisation"] = user["spec"].pop("authorization")
+    broken.write_text(yaml.safe_dump_all([deployment, user]))
+    refused = _run_kubeconform(binary, schemas, broken)
+    assert refused.returncode != 0 and json.loads(refused.stdout)["summary"]["invalid"] == 2, refused.stdout
