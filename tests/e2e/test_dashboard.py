@@ -313,7 +313,12 @@ def test_the_dashboard_lists_firing_alerts_marks_breaches_fits_a_laptop_and_spea
                     lone: lonePoints({data: [[0, 1, 2, 3, 4, 5], [1, null, 2, 3, null, 4]]}, 1)};""")
         assert charts == {"spanGaps": False, "nulls": True, "drawn": True, "lone": [0, 5]}, charts
 
-        # no sideways scrolling at 1,366 px: the satisfaction tab, then a customer with long texts
+        # no sideways scrolling at 1,366 px: the satisfaction tab, the pipeline's consumers (partition
+        # lists), then a customer with long texts
+        assert fits(driver), driver.execute_script("return document.documentElement.scrollWidth")
+        driver.find_element(By.CSS_SELECTOR, "nav button[data-tab='pipeline']").click()
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f"#consumers tr[data-group='{platform.processor_id}']"),
+                 30, "the consumers")
         assert fits(driver), driver.execute_script("return document.documentElement.scrollWidth")
         driver.find_element(By.CSS_SELECTOR, "nav button[data-tab='customers']").click()
         driver.find_element(By.ID, "search-input").send_keys(email)
@@ -336,6 +341,9 @@ def test_the_dashboard_lists_firing_alerts_marks_breaches_fits_a_laptop_and_spea
         for css in ("#c-timeline", "#c-satisfaction", "#c-merges", "#c-state dd:first-of-type", "#search-status"):
             assert latin_words(text(driver, css), *values) == [], (css, text(driver, css))
         assert fits(driver)
+        shots = Path(os.environ.get("CRM_TEST_SCREENSHOTS") or platform.log_dir / "screenshots")
+        shots.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(shots / f"dashboard-1366-zh-customer-{unique}.png"))
         driver.find_element(By.CSS_SELECTOR, "nav button[data-tab='satisfaction']").click()
         wait_for(lambda: "放弃率" in text(driver, mine), 30, "the alert in Chinese")
         assert latin_words(text(driver, mine), *values) == [], text(driver, mine)
@@ -343,8 +351,6 @@ def test_the_dashboard_lists_firing_alerts_marks_breaches_fits_a_laptop_and_spea
         for reasons in driver.find_elements(By.CSS_SELECTOR, "#risk td:nth-child(3)"):
             assert latin_words(reasons.text, *values) == [], reasons.text
         assert fits(driver), driver.execute_script("return document.documentElement.scrollWidth")
-        shots = Path(os.environ.get("CRM_TEST_SCREENSHOTS") or platform.log_dir / "screenshots")
-        shots.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(shots / f"dashboard-1366-zh-{unique}.png"))
     finally:
         driver.quit()
