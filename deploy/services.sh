@@ -101,7 +101,8 @@ ensure_operator() {
   if [[ ! -s $file ]]; then
     (umask 077; "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(15))' > "$file")
   fi
-  "$VENV/bin/crm" operators add demo --name "Demo operator" --password-stdin --if-missing < "$file" >/dev/null \
+  # No display name: the page then shows the username, which reads the same in English and Chinese.
+  "$VENV/bin/crm" operators add demo --password-stdin --if-missing < "$file" >/dev/null \
     || { say "could not create the dashboard's demo operator"; return 1; }
   say "dashboard sign-in: user demo, password in $file"
 }

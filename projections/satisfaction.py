@@ -96,27 +96,31 @@ def assess(view: dict[str, Any]) -> dict[str, Any]:
     }
     reasons: list[dict[str, Any]] = []
     if csat and csat["value"] <= 2:
-        reasons.append({"code": "low_csat", "detail": f"last CSAT answer {csat['value']} of 5", "at": csat["at"],
+        reasons.append({"code": "low_csat", "detail": f"last CSAT answer {csat['value']} of 5", "value": csat["value"],
+                        "at": csat["at"],
                         "event": csat["event"]})
     if nps and nps["value"] <= 6:
-        reasons.append({"code": "detractor", "detail": f"last NPS answer {nps['value']} of 10", "at": nps["at"],
+        reasons.append({"code": "detractor", "detail": f"last NPS answer {nps['value']} of 10", "value": nps["value"],
+                        "at": nps["at"],
                         "event": nps["event"]})
     if texts and texts[-1]["value"] <= NEGATIVE:
         last = texts[-1]
         reasons.append({"code": "negative_sentiment", "detail": f"last message scored {last['value']:+.2f}",
-                        "at": last["at"], "event": last["event"]})
+                        "value": round(last["value"], 2), "at": last["at"], "event": last["event"]})
     inbound = view.get("inbound") or []
     if len(inbound) >= REPEAT_AT_RISK:
         window = inbound[-REPEAT_AT_RISK:]
         first, last_at = at_time(window[0]["at"]), at_time(window[-1]["at"])
         if last_at - first <= REPEAT_WITHIN:
             reasons.append({"code": "repeat_contacts",
-                            "detail": f"{REPEAT_AT_RISK} contacts within 24 h", "at": window[-1]["at"],
+                            "detail": f"{REPEAT_AT_RISK} contacts within 24 h", "value": REPEAT_AT_RISK,
+                            "at": window[-1]["at"],
                             "event": window[-1]["event"]})
     complaints = sorted((t["at"], tid) for tid, t in view["tickets"].items()
                         if t["status"] == "open" and t.get("kind") == "complaint")
     if complaints:
         reasons.append({"code": "open_complaint", "detail": f"unresolved complaint {complaints[0][1]}",
+                        "value": complaints[0][1],
                         "at": complaints[0][0], "event": None})
     known = [v for v in components.values() if v is not None]
     penalty = min(30, 15 * len(complaints)) + (10 if any(r["code"] == "repeat_contacts" for r in reasons) else 0)

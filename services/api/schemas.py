@@ -76,7 +76,10 @@ class Ticket(BaseModel):
 
 class RiskReason(BaseModel):
     code: Literal["low_csat", "detractor", "negative_sentiment", "repeat_contacts", "open_complaint"]
-    detail: str
+    detail: str = Field(description="the reason in English")
+    value: float | str | None = Field(None, description="the figure behind it, for a page to word the reason in its "
+                                                        "own language: the CSAT or NPS answer, the score, the number "
+                                                        "of contacts, the complaint's ticket id")
     at: str = Field(description="event time of the touchpoint that raised it")
     event: str | None = Field(None, description="the touchpoint's key, when one touchpoint raised it")
 
@@ -209,6 +212,17 @@ class IndicatorsOut(BaseModel):
     items: list[IndicatorSlice]
 
 
+class AlertBound(BaseModel):
+    """A threshold rule (CRM_INDICATOR_ALERTS) as the dashboard needs it to mark a breached value."""
+    rule: str
+    window: str
+    dimension: str
+    member: str | None = None
+    below: float | None = None
+    above: float | None = None
+    min_count: float
+
+
 class IndicatorDefinition(BaseModel):
     name: str
     unit: str
@@ -217,6 +231,29 @@ class IndicatorDefinition(BaseModel):
     zh: str
     numerator: list[str] = Field(description="summed measures (a second one is subtracted)")
     denominator: str
+    min_sample: int = Field(description="fewer samples than this make a small sample (CRM_INDICATOR_MIN_SAMPLE)")
+    alerts: list[AlertBound] = Field(description="the threshold rules on this indicator")
+
+
+class FiringAlert(BaseModel):
+    rule: str
+    indicator: str
+    window: str
+    dimension: str
+    member: str
+    bound: Literal["below", "above"]
+    threshold: float
+    min_count: float
+    description: str
+    since: datetime = Field(description="when the rule started firing on this slice")
+    value_at_start: float | None = Field(description="the value that made it fire")
+    value: float | None = Field(description="the value over the rule's window now")
+    count: float = Field(description="the sample size over the rule's window now")
+
+
+class FiringAlerts(BaseModel):
+    at: datetime
+    items: list[FiringAlert]
 
 
 class SeriesPoint(BaseModel):

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
         ],
         description="threshold alerts as a JSON list (CRM_INDICATOR_ALERTS), each: name, indicator, window, "
                     "dimension (all|channel|queue|agent|segment), optional member, below or above, min_count")
+    indicator_min_sample: int = Field(5, ge=1, description="the dashboard marks a value with fewer samples than "
+                                                           "this as a small sample (CRM_INDICATOR_MIN_SAMPLE): "
+                                                           "CSAT 0 % from one answer is not a trend")
     indicator_refresh_s: float = Field(30.0, gt=0, description="how often the live stream re-sends a snapshot "
                                                                "(values change as time passes, too)")
 

@@ -38,6 +38,7 @@ API_EXPECTED = {
     ("GET", "/v1/segments"): CUSTOMERS_READ, ("GET", "/v1/lifecycle"): CUSTOMERS_READ,
     ("GET", "/v1/indicators"): INDICATORS_READ, ("GET", "/v1/indicators/definitions"): INDICATORS_READ,
     ("GET", "/v1/indicators/series"): INDICATORS_READ, ("GET", "/v1/stream/indicators"): INDICATORS_READ,
+    ("GET", "/v1/indicators/alerts"): INDICATORS_READ,
     ("GET", "/v1/webhooks"): FEED_MANAGE, ("POST", "/v1/webhooks"): FEED_MANAGE,
     ("GET", "/v1/webhooks/{subscription_id}"): FEED_MANAGE, ("PATCH", "/v1/webhooks/{subscription_id}"): FEED_MANAGE,
     ("DELETE", "/v1/webhooks/{subscription_id}"): FEED_MANAGE,

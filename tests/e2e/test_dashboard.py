@@ -4,6 +4,7 @@ nothing is downloaded at run time: ``make test`` installs both packages)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -225,5 +226,139 @@ def test_the_dashboard_in_a_browser_shows_numbers_moving_and_finds_a_customer(ru
         wait_for(lambda: driver.find_element(By.ID, "signin").is_displayed(), 20, "the sign-in form again")
         status = driver.execute_script("return fetch('/v1/ops/pipeline').then(r => r.status)")
         assert status == 401
+    finally:
+        driver.quit()
+
+
+LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def latin_words(text_: str, *values: str) -> list[str]:
+    """Latin-letter words left in ``text_`` once the given identifiers and values are taken out; the
+    acronyms CSAT and NPS are what Chinese operators call those scores too."""
+    for value in sorted(values, key=len, reverse=True):
+        text_ = text_.replace(value, " ")
+    return [w for w in LATIN_WORD.findall(text_) if w not in ("CSAT", "NPS")]
+
+
+def fits(driver) -> bool:
+    return driver.execute_script("return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+
+
+def test_the_dashboard_lists_firing_alerts_marks_breaches_fits_a_laptop_and_speaks_chinese(running, platform, unique):
+    from selenium.webdriver.common.by import By
+
+    collector, api = running
+    add_operator(platform, f"shift-{unique}")
+    queue, ticket = f"q-{unique}", f"T-{unique}"
+    email, phone = f"zh-{unique}@example.com", f"+86137{int(unique[:6], 16) % 10**8:08d}"
+    calls = [{"id": f"{unique}-ab{n}", "source": "urn:cti", "type": "call.abandoned", "time": now_iso(),
+              "data": {"phone_number": phone, "call_id": f"{unique}-ab{n}", "queue": queue, "wait_seconds": 80}}
+             for n in range(10)]
+    calls += [{"id": f"{unique}-an{n}", "source": "urn:cti", "type": "call.answered", "time": now_iso(),
+               "data": {"phone_number": phone, "call_id": f"{unique}-an{n}", "queue": queue, "agent": f"a-{unique}",
+                        "wait_seconds": 5}} for n in range(2)]
+    http.post(f"{collector}/v1/events", json=[
+        {"id": f"{unique}-p", "source": "urn:crm", "type": "profile.updated", "time": now_iso(),
+         "data": {"email": email, "phone": phone, "name": "张伟", "company": "星辰科技"}},
+        {"id": f"{unique}-s", "source": "urn:survey", "type": "survey.answered", "time": now_iso(),
+         "data": {"email": email, "survey_id": f"s-{unique}", "csat": 1, "nps": 2, "comment": "太差了，非常失望",
+                  "rated_channel": "phone", "queue": queue}},
+        {"id": f"{unique}-t", "source": "urn:helpdesk", "type": "ticket.opened", "time": now_iso(),
+         "data": {"email": email, "ticket_id": ticket, "kind": "complaint", "subject": "包裹破损",
+                  "body_text": "包裹破损，非常失望，我要投诉"}},
+        *calls]).raise_for_status()
+
+    # the default rule abandonment-high (above 10 % over 1 h per queue, at least 10 calls) fires on the
+    # queue before the page is opened: the stream will not announce it again
+    def firing():
+        items = http.get(f"{api}/v1/indicators/alerts").json()["items"]
+        return next((a for a in items if a["rule"] == "abandonment-high" and a["member"] == queue), None)
+    alert = wait_for(firing, 60, "the abandonment alert")
+    assert (alert["dimension"], alert["bound"], alert["threshold"]) == ("queue", "above", 10.0)
+    assert alert["count"] == 12 and round(alert["value"], 1) == 83.3
+    assert http.get(f"{api}/v1/indicators/alerts", key=platform.keys["customers:read"]).status_code == 403
+    audit = http.get(f"{api}/v1/audit", params={"action": "indicators.alerts"}).json()["items"]
+    assert audit, "reading the firing alerts is audited"
+    seen: list = []
+
+    def at_risk():
+        seen[:] = http.get(f"{api}/v1/customers", params={"email": email}).json()["items"]
+        return [c for c in seen if {r["code"] for r in c["satisfaction"]["reasons"]} >= {
+            "low_csat", "detractor", "open_complaint"}]
+    try:
+        customer = wait_for(at_risk, 60, "the customer at risk")[0]
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {[c['satisfaction'] for c in seen]}") from None
+
+    try:
+        driver = chromium(width=1366, height=768)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        sign_in(driver, api, f"shift-{unique}", PASSWORD, "dimension=queue&lang=en")
+        mine = f"#alerts li[data-rule='abandonment-high'][data-member='{queue}']"
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, mine), 30, "the firing alert listed on opening")
+        assert "above 10 %" in text(driver, mine) and "n=12" in text(driver, mine)
+
+        # a breached value is coloured, a tiny sample marked as such (the queue's one CSAT answer)
+        wait_for(lambda: "breach" in driver.find_element(By.ID, "tile-abandonment_rate").get_attribute("class"), 30,
+                 "the abandonment tile marked as breached")
+        row = f"#slice-rows tr[data-member='{queue}']"
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, row), 30, "the queue's row")
+        cell = lambda name: driver.find_element(By.CSS_SELECTOR, f"{row} td[data-indicator='{name}']")  # noqa: E731
+        wait_for(lambda: "breach" in cell("abandonment_rate").get_attribute("class"), 30, "the queue's breach")
+        wait_for(lambda: "small-sample" in cell("csat").get_attribute("class"), 30, "the CSAT of one answer marked")
+        assert "breach" not in cell("csat").get_attribute("class")  # one answer of 1 breaks no rule of 5 answers
+
+        # per-minute charts: lines broken where a minute has no data, a dot only for a minute alone
+        wait_for(lambda: driver.execute_script("return charts.abandonment_rate.data[1].some((v) => v !== null)"), 30,
+                 "the abandonment chart drawn")
+        charts = driver.execute_script("""
+            return {spanGaps: charts.abandonment_rate.series[1].spanGaps,
+                    nulls: charts.abandonment_rate.data[1].some((v) => v === null),
+                    drawn: charts.abandonment_rate.data[1].some((v) => v !== null),
+                    lone: lonePoints({data: [[0, 1, 2, 3, 4, 5], [1, null, 2, 3, null, 4]]}, 1)};""")
+        assert charts == {"spanGaps": False, "nulls": True, "drawn": True, "lone": [0, 5]}, charts
+
+        # no sideways scrolling at 1,366 px: the satisfaction tab, the pipeline's consumers (partition
+        # lists), then a customer with long texts
+        assert fits(driver), driver.execute_script("return document.documentElement.scrollWidth")
+        driver.find_element(By.CSS_SELECTOR, "nav button[data-tab='pipeline']").click()
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f"#consumers tr[data-group='{platform.processor_id}']"),
+                 30, "the consumers")
+        assert fits(driver), driver.execute_script("return document.documentElement.scrollWidth")
+        driver.find_element(By.CSS_SELECTOR, "nav button[data-tab='customers']").click()
+        driver.find_element(By.ID, "search-input").send_keys(email)
+        driver.find_element(By.CSS_SELECTOR, "#search-form button[type='submit']").click()
+        wait_for(lambda: driver.find_element(By.ID, "customer").get_attribute("data-customer")
+                 == customer["customer_id"], 30, "the customer opened")
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#c-timeline tr")) >= 3, 30, "the timeline")
+        assert fits(driver), driver.execute_script("return document.documentElement.scrollWidth")
+
+        # Simplified Chinese: no English left in what the page words itself
+        driver.find_element(By.CSS_SELECTOR, "header .lang-toggle").click()
+        wait_for(lambda: text(driver, "#status") == "● 实时", 30, "the stream's state in Chinese")
+        box = driver.find_element(By.ID, "search-input")
+        box.clear()
+        box.send_keys(email)
+        driver.find_element(By.CSS_SELECTOR, "#search-form button[type='submit']").click()
+        wait_for(lambda: text(driver, "#search-status") == "找到 1 位客户", 30, "the search in Chinese")
+        wait_for(lambda: "工单" in text(driver, "#c-timeline"), 30, "the timeline in Chinese")
+        values = (email, phone, ticket, queue, customer["customer_id"], f"a-{unique}")
+        for css in ("#c-timeline", "#c-satisfaction", "#c-merges", "#c-state dd:first-of-type", "#search-status"):
+            assert latin_words(text(driver, css), *values) == [], (css, text(driver, css))
+        assert fits(driver)
+        shots = Path(os.environ.get("CRM_TEST_SCREENSHOTS") or platform.log_dir / "screenshots")
+        shots.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(shots / f"dashboard-1366-zh-customer-{unique}.png"))
+        driver.find_element(By.CSS_SELECTOR, "nav button[data-tab='satisfaction']").click()
+        wait_for(lambda: "放弃率" in text(driver, mine), 30, "the alert in Chinese")
+        assert latin_words(text(driver, mine), *values) == [], text(driver, mine)
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#risk tr"), 30, "the customers at risk")
+        for reasons in driver.find_elements(By.CSS_SELECTOR, "#risk td:nth-child(3)"):
+            assert latin_words(reasons.text, *values) == [], reasons.text
+        assert fits(driver), driver.execute_script("return document.documentElement.scrollWidth")
+        driver.save_screenshot(str(shots / f"dashboard-1366-zh-{unique}.png"))
     finally:
         driver.quit()

@@ -1,7 +1,8 @@
 """Static checks of the Docker and Kubernetes descriptions (docker-compose.yml, deploy/k8s/).
 
 Nothing is started here: `docker-compose config` only parses, interpolates and validates the
-file with Debian's docker-compose (1.29), and the Kubernetes manifests are only parsed.
+file with Debian's docker-compose (1.29), and the Kubernetes manifests are only parsed here
+(tests/unit/test_k8s_manifests.py checks them against schemas).
 """
 from __future__ import annotations
 
@@ -213,7 +214,7 @@ def test_k8s_topics_and_deployments():
 
     partitions = topics["crm.touchpoints"]["partitions"]
     deployments = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Deployment"}
-    assert set(deployments) == {"crm-ingest", "crm-processor", "crm-api", "crm-webhooks"}
+    assert set(deployments) == {"crm-ingest", "crm-processor", "crm-api", "crm-webhooks", "crm-mail"}
     processor_replicas = deployments["crm-processor"]["spec"]["replicas"]
     assert processor_replicas <= min(partitions, topics["crm.customer-events"]["partitions"])
     for name, dep in deployments.items():

@@ -218,6 +218,10 @@ def test_customer_satisfaction_index_and_at_risk_reasons():
     a = satisfaction.assess(unhappy)
     assert a["at_risk"] and {r["code"] for r in a["reasons"]} == {"low_csat", "detractor", "negative_sentiment",
                                                                   "open_complaint"}
+    # the figures behind the reasons, for the dashboard to word them in the viewer's language
+    values = {r["code"]: r["value"] for r in a["reasons"]}
+    assert values["low_csat"] == 2 and values["detractor"] == 4 and values["open_complaint"] == "t"
+    assert values["negative_sentiment"] < 0
     assert a["index"] < 30
     resolved = cv.apply_all(unhappy, [ce(4, 30, "ticket.resolved", {"ticket_id": "t"}),
                                       ce(5, 40, "survey.answered", {"survey_id": "s3", "csat": 5, "nps": 9,
@@ -226,7 +230,7 @@ def test_customer_satisfaction_index_and_at_risk_reasons():
     assert cv.summary(resolved)["satisfaction"]["index"] > 70
     calls = cv.apply_all(cv.empty("c"), [ce(i, i * 60, "call.started", {"call_id": f"c{i}", "phone_number": "1"})
                                          for i in range(3)])
-    assert [r["code"] for r in satisfaction.assess(calls)["reasons"]] == ["repeat_contacts"]
+    assert [(r["code"], r["value"]) for r in satisfaction.assess(calls)["reasons"]] == [("repeat_contacts", 3)]
 
 
 def test_segment_is_by_orders_before_the_moment():

@@ -15,11 +15,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from projections import alerts as alert_rules
 from projections import indicators as ind
-from services.api.deps import DatabaseDep, SettingsDep, refuse_time_out_of_range
-from services.api.schemas import (IndicatorDefinition, IndicatorSeries, IndicatorSlice, IndicatorsOut, Problem,
-                                  SeriesPoint)
-from services.common import indicator_store
+from services.api.deps import DatabaseDep, SettingsDep, WriterDep, refuse_time_out_of_range
+from services.api.schemas import (AlertBound, FiringAlert, FiringAlerts, IndicatorDefinition, IndicatorSeries,
+                                  IndicatorSlice, IndicatorsOut, Problem, SeriesPoint)
+from services.api.security import IndicatorsReader
+from services.common import audit, indicator_store
 from services.common.apikeys import INDICATORS_READ
 from services.common.auth import require
 
@@ -107,11 +109,46 @@ def get_indicators(
 
 
 @router.get("/v1/indicators/definitions", response_model=list[IndicatorDefinition], dependencies=READ)
-def get_definitions() -> list[IndicatorDefinition]:
-    """What each indicator measures, its unit, which way is better, and its names in English and Chinese."""
+def get_definitions(settings: SettingsDep) -> list[IndicatorDefinition]:
+    """What each indicator measures, its unit, which way is better, its names in English and Chinese,
+    the sample size below which a value is a small sample, and the threshold rules on it (so that a
+    page can mark a breached value without waiting for an alert)."""
+    rules = alert_rules.rules(settings.indicator_alerts)
     return [IndicatorDefinition(name=i.name, unit=i.unit, better=i.better, en=i.en, zh=i.zh,
-                                numerator=list(i.numerator), denominator=i.denominator)
+                                numerator=list(i.numerator), denominator=i.denominator,
+                                min_sample=settings.indicator_min_sample,
+                                alerts=[AlertBound(rule=r.name, window=r.window, dimension=r.dimension, member=r.member,
+                                                   below=r.below, above=r.above, min_count=r.min_count)
+                                        for r in rules if r.indicator == i.name])
             for i in ind.INDICATORS.values()]
+
+
+@router.get("/v1/indicators/alerts", response_model=FiringAlerts)
+def get_alerts(db: DatabaseDep, settings: SettingsDep, caller: IndicatorsReader, writer: WriterDep) -> FiringAlerts:
+    """The threshold alerts firing now, newest first: the stream announces only changes, so a page
+    that opens after an alert started firing asks here. Each names its rule, slice and bound, since
+    when it fires, the value that made it fire and the value and sample size over its window now.
+    Rules no longer configured (``CRM_INDICATOR_ALERTS``) are left out."""
+    rules = {r.name: r for r in alert_rules.rules(settings.indicator_alerts)}
+    now = _now()
+    with db.cursor() as cur:
+        cur.execute("SELECT rule, dim, member, since, value FROM indicator_alert WHERE firing "
+                    "ORDER BY since DESC, rule, dim, member")
+        firing = [row for row in cur.fetchall() if row[0] in rules]
+        slices = {(dim, member) for _, dim, member, _, _ in firing}
+        windows = {rules[name].window for name, *_ in firing}
+        sums = indicator_store.window_sums(cur, now, sorted(windows), slices=sorted(slices)) if firing else {}
+    items = []
+    for name, dim, member, since, started in firing:
+        rule = rules[name]
+        current = ind.values(sums.get((dim, member), {}).get(rule.window, {}), [rule.indicator])[rule.indicator]
+        items.append(FiringAlert(rule=name, indicator=rule.indicator, window=rule.window, dimension=dim, member=member,
+                                 bound="below" if rule.below is not None else "above",
+                                 threshold=rule.below if rule.below is not None else rule.above,
+                                 min_count=rule.min_count, description=rule.describe(), since=since,
+                                 value_at_start=started, value=current["value"], count=current["count"]))
+    audit.record(writer, caller, "indicators.alerts", "", {"firing": len(items)})
+    return FiringAlerts(at=now, items=items)
 
 
 @router.get("/v1/indicators/series", response_model=IndicatorSeries, responses={400: {"model": Problem}},
