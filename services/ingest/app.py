@@ -13,6 +13,7 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.settings import Settings
 from services.common.publisher import KafkaPublisher
@@ -118,6 +119,11 @@ def create_app(settings: Settings, publisher: KafkaPublisher, vault: Vault | Non
             return _error(400, "the body must be an event object, an array of events or {\"batch\": [...]}")
         outcome = await intake.accept(caller, items, single=single)
         return outcome.response()
+
+    @app.exception_handler(StarletteHTTPException)  # the routing's 404 and 405: errors are {"error": ...} here too
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        REQUESTS.labels(str(exc.status_code)).inc()
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
