@@ -39,6 +39,10 @@ ensure_master_key() {
 
 say() { echo "services: $*"; }
 
+# The demo's webhook receivers run on this machine: let webhooks reach loopback by name (anywhere
+# else webhooks reach public addresses only; README: Security and privacy).
+export CRM_WEBHOOKS_ALLOWED_HOSTS=${CRM_WEBHOOKS_ALLOWED_HOSTS-127.0.0.1,localhost}
+
 command_of() {
   case $1 in
     ingest) echo "$VENV/bin/crm-ingest" ;;

@@ -180,7 +180,10 @@ class Platform:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {**self.stack.env, "CRM_PG_DSN": self.dsn, "CRM_KAFKA_BOOTSTRAP": self.stack.kafka_bootstrap,
-               "CRM_PROCESSOR_ID": self.processor_id, "CRM_LOG_JSON": "true", "CRM_BATCH_WITHIN_S": "0.05"}
+               "CRM_PROCESSOR_ID": self.processor_id, "CRM_LOG_JSON": "true", "CRM_BATCH_WITHIN_S": "0.05",
+               # the tests' webhook receivers listen on 127.0.0.1 (tests/e2e/test_security_review.py
+               # starts services without it, to see loopback refused)
+               "CRM_WEBHOOKS_ALLOWED_HOSTS": "127.0.0.1"}
         env.update(extra)
         return env
 
