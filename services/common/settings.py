@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     home: str = Field(".crm", description="the project's data folder (CRM_HOME)")
     kafka_bootstrap: str = "127.0.0.1:9092"
     pg_dsn: str = "postgresql://crm@127.0.0.1:5432/crm"
+    pg_service_user: str = Field("crm_service", description="the services' least-privilege role, which `crm db "
+                                                            "migrate` (run as the owner) grants row access to; "
+                                                            "empty: grant nothing")
     partitions: int = Field(4, ge=1, description="partition count of the crm.* topics")
     replication_factor: int = Field(1, ge=1)
 

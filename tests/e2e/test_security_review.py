@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import psycopg2
+import psycopg2.extensions
 import pytest
 
 from events.feed import change_event
@@ -268,3 +269,33 @@ def test_cursors_the_api_never_gave_out_are_refused_and_the_collector_errors_are
     for method, path in (("GET", "/v1/nothing"), ("POST", "/v1/hooks/unknown"), ("DELETE", "/v1/events")):
         r = http.request(method, f"{collector}{path}")
         assert r.status_code in (404, 405) and set(r.json()) == {"error"}, (path, r.text)
+
+
+# -- 9. the database's roles ------------------------------------------------------------------------------
+
+def test_the_services_connect_as_a_least_privilege_role_and_no_role_logs_in_without_a_password(platform, unique):
+    _, api = platform.api()
+    assert http.get(f"{api}/v1/segments").status_code == 200  # the API has used its pools
+    params = psycopg2.extensions.parse_dsn(platform.dsn)
+    for user in ("postgres", "crm", "crm_service"):  # no password: refused over TCP, superuser included
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(host=params["host"], port=params["port"], dbname=params["dbname"], user=user,
+                             password="", connect_timeout=5)
+    with psycopg2.connect(platform.dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == ("crm_service", False)
+        cur.execute("SELECT rolname, rolsuper FROM pg_roles WHERE rolname IN ('crm', 'crm_service') ORDER BY 1")
+        assert cur.fetchall() == [("crm", False), ("crm_service", False)]
+        cur.execute("""SELECT DISTINCT usename FROM pg_stat_activity
+                       WHERE datname = current_database() AND application_name LIKE 'crm-api%%'""")
+        assert [r[0] for r in cur.fetchall()] == ["crm_service"]  # the services' pools
+        cur.execute("SELECT count(*) FROM api_key")  # rows: yes
+        assert cur.fetchone()[0] >= 1
+    conn.close()
+    for statement in (f"CREATE TABLE t_{unique} (x int)", "DROP TABLE customer_view", "TRUNCATE customer_view",
+                      "ALTER TABLE api_key ADD COLUMN x int", f"CREATE ROLE r_{unique}", f"CREATE DATABASE d_{unique}"):
+        conn = psycopg2.connect(platform.dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur, pytest.raises(psycopg2.Error, match="permission denied|must be owner"):
+            cur.execute(statement)
+        conn.close()
