@@ -6,27 +6,33 @@
 # Environment (defaults):
 #   CRM_HOME     project data folder (<repo>/.crm); the cluster lives in $CRM_HOME/postgres
 #   CRM_PG_PORT  TCP port on 127.0.0.1 (5432)
-#   CRM_PG_USER  the application's role (crm)
+#   CRM_PG_USER  the owner role (crm): owns the database, runs migrations and `crm replay`
+#   CRM_PG_SERVICE_USER  the services' role (crm_service): reads and writes rows, nothing more
 #   CRM_PG_DB    the application's database (crm)
 #   CRM_PYTHON   Python with the project's requirements (<repo>/.venv/bin/python), for migrations
 #
 # Files: data $CRM_HOME/postgres/data, unix socket $CRM_HOME/postgres/run, log $CRM_HOME/logs/postgres.log.
-# The application connects with CRM_PG_DSN=postgresql://$CRM_PG_USER@127.0.0.1:$CRM_PG_PORT/$CRM_PG_DB.
+# The services connect with CRM_PG_DSN=postgresql://$CRM_PG_SERVICE_USER@127.0.0.1:$CRM_PG_PORT/$CRM_PG_DB
+# and CRM_PG_PASSWORD=$(cat $CRM_HOME/keys/postgres-service.password); migrations and `crm replay` as
+# the owner, CRM_PG_USER, with $CRM_HOME/keys/postgres-owner.password.
 # Exit codes: 0 ok, 1 failure, 2 usage, 3 `status` when not running.
 #
-# Security: this is a DEV cluster on loopback only, with `trust` authentication for local socket and
-# 127.0.0.1 connections (no passwords). Production does not use this script: it points CRM_PG_DSN at
-# a managed server and takes the password from the environment.
+# Security: a DEV cluster on loopback only. Neither role is a superuser. TCP connections need a
+# password (scram-sha-256), for every role: the owner's and the services' are made once, 24 random
+# bytes each, and kept in $CRM_HOME/keys/ (mode 0600, never in the repository) beside the demo's
+# other secrets, unless CRM_PG_PASSWORD (the owner's) and CRM_PG_SERVICE_PASSWORD give them. The
+# superuser `postgres` has no password: only the cluster's OS owner reaches it, over the unix socket
+# (its directory 0700), which this script uses for its own administration. The services' role gets
+# SELECT, INSERT, UPDATE and DELETE on the tables and sequences, also on those later migrations make
+# (default privileges): `crm db migrate` grants them. Production does not use this script: it points
+# CRM_PG_DSN at a managed server and takes the password from the environment.
 #
 # Optional TLS and password mode (docs/transport-security.md), applied at every start:
 #   CRM_PG_SERVER_CERT, CRM_PG_SERVER_KEY  the server's PEM certificate and key: ssl = on, and TCP
 #                connections must use TLS (pg_hba `hostssl` only); copied beside the data, key 0600
 #   CRM_PG_SERVER_CA  optional CA file for client certificates (ssl_ca_file)
-#   CRM_PG_PASSWORD   the application role's password (the same variable the services read): TCP
-#                connections then authenticate with scram-sha-256; it is set from the environment
-#                (psql \getenv), never on a command line or in a file
-# In this mode only the cluster's OS owner can use the unix socket (directory 0700), which this
-# script uses for its own administration; the application connects over TCP.
+#   CRM_PG_PASSWORD   the owner role's password, instead of the generated one (set from the
+#                environment with psql \getenv, never on a command line)
 #
 # PostgreSQL refuses to run as root: when this script runs as root, initdb/pg_ctl run as the
 # `postgres` system user (created by Debian's package; created here if missing), which owns
@@ -40,6 +46,7 @@ case $CRM_HOME in /*) ;; *) CRM_HOME=$PWD/$CRM_HOME ;; esac
 
 PORT=${CRM_PG_PORT:-5432}
 APP_USER=${CRM_PG_USER:-crm}
+SERVICE_USER=${CRM_PG_SERVICE_USER:-crm_service}
 APP_DB=${CRM_PG_DB:-crm}
 PY=${CRM_PYTHON:-$REPO/.venv/bin/python}
 DSN=postgresql://$APP_USER@127.0.0.1:$PORT/$APP_DB
@@ -49,6 +56,9 @@ DATA=$PG_DIR/data
 SOCK_DIR=$PG_DIR/run
 LOG_DIR=$CRM_HOME/logs
 LOG=$LOG_DIR/postgres.log
+KEY_DIR=$CRM_HOME/keys
+OWNER_PASSWORD_FILE=$KEY_DIR/postgres-owner.password
+SERVICE_PASSWORD_FILE=$KEY_DIR/postgres-service.password
 
 say() { echo "postgres: $*"; }
 die() { echo "postgres: ERROR: $*" >&2; exit 1; }
@@ -149,13 +159,7 @@ cmd_init() {
   pg initdb -D "$DATA" -U postgres -E UTF8 --locale=C.UTF-8 --auth-local=trust --auth-host=trust \
     --no-instructions >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; die "initdb failed"; }
 
-  # Dev cluster on loopback: trust for the unix socket and 127.0.0.1 only (see the header).
-  "${AS_OWNER[@]}" tee "$DATA/pg_hba.conf" >/dev/null <<'EOF'
-# Written by deploy/postgres.sh: a DEV cluster listening on 127.0.0.1 only, without passwords.
-# TYPE  DATABASE  USER  ADDRESS       METHOD
-local   all       all                 trust
-host    all       all   127.0.0.1/32  trust
-EOF
+  write_hba  # passwords on TCP (see the header); written again at every start
   "${AS_OWNER[@]}" tee -a "$DATA/postgresql.conf" >/dev/null <<'EOF'
 
 # --- deploy/postgres.sh: project settings; crm.conf (port, addresses) is rewritten at every start.
@@ -175,8 +179,6 @@ EOF
 # The optional TLS and password mode (see the header).
 TLS_DIR=$PG_DIR/tls
 tls_mode() { [[ -n ${CRM_PG_SERVER_CERT:-} || -n ${CRM_PG_SERVER_KEY:-} ]]; }
-password_mode() { [[ -n ${CRM_PG_PASSWORD:-} ]]; }
-secured() { tls_mode || password_mode; }
 
 # Copies the server's certificate and key beside the data (the key readable by the owner only).
 install_tls_files() {
@@ -216,62 +218,63 @@ ssl_ca_file = '$ca'
 ssl_min_protocol_version = 'TLSv1.2'
 EOF
   fi
-  if password_mode; then
-    echo "password_encryption = 'scram-sha-256'" | "${AS_OWNER[@]}" tee -a "$DATA/crm.conf" >/dev/null
-  fi
+  echo "password_encryption = 'scram-sha-256'" | "${AS_OWNER[@]}" tee -a "$DATA/crm.conf" >/dev/null
 }
 
-# pg_hba.conf in the TLS/password mode; back to the dev one written by init when the mode is off again.
+# pg_hba.conf: the unix socket (its directory 0700) is the cluster owner's; TCP needs a password
+# for every role, and TLS when the server has a certificate.
 write_hba() {
-  if ! secured; then
-    [[ -f $DATA/.crm-secured ]] || return 0
-    "${AS_OWNER[@]}" tee "$DATA/pg_hba.conf" >/dev/null <<'EOF'
-# Written by deploy/postgres.sh: a DEV cluster listening on 127.0.0.1 only, without passwords.
-# TYPE  DATABASE  USER  ADDRESS       METHOD
-local   all       all                 trust
-host    all       all   127.0.0.1/32  trust
-EOF
-    rm -f "$DATA/.crm-secured"
-    return 0
-  fi
-  local method=trust tcp="host     "
-  password_mode && method=scram-sha-256
+  local tcp="host     "
   tls_mode && tcp="hostnossl all       all   127.0.0.1/32  reject
 hostssl  "
   "${AS_OWNER[@]}" tee "$DATA/pg_hba.conf" >/dev/null <<EOF
-# Written by deploy/postgres.sh at start: the TLS/password mode (CRM_PG_SERVER_CERT/KEY, CRM_PG_PASSWORD).
-# The unix socket (its directory 0700) is the cluster owner's; TCP: $(tls_mode && echo "TLS only, ")$method.
+# Written by deploy/postgres.sh at start; edits are overwritten. A DEV cluster on 127.0.0.1 only.
+# The unix socket (its directory 0700) is the cluster owner's; TCP: $(tls_mode && echo "TLS only, ")scram-sha-256.
 # TYPE   DATABASE  USER  ADDRESS       METHOD
 local    all       all                 trust
-${tcp}all       all   127.0.0.1/32  $method
+${tcp}all       all   127.0.0.1/32  scram-sha-256
 EOF
-  "${AS_OWNER[@]}" touch "$DATA/.crm-secured"
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Administration as the postgres superuser: over TCP in the dev mode, over the owner's unix socket
-# when TCP needs TLS or a password.
+# Administration as the postgres superuser, over the cluster owner's unix socket.
 psql_admin() {
-  local host=127.0.0.1
-  if secured; then host=$SOCK_DIR; fi
-  "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$host" -p "$PORT" -U postgres -d postgres "$@"
+  "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK_DIR" -p "$PORT" -U postgres -d postgres "$@"
+}
+
+# A password made once into FILE (mode 0600) unless it exists.
+ensure_password_file() {
+  [[ -s $1 ]] && return 0
+  mkdir -p "$KEY_DIR" && chmod 700 "$KEY_DIR"
+  (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$1")
+  say "made a password for $2 in $1 (mode 0600)"
+}
+
+owner_password() { if [[ -n ${CRM_PG_PASSWORD:-} ]]; then printf '%s' "$CRM_PG_PASSWORD"; else cat "$OWNER_PASSWORD_FILE"; fi; }
+service_password() {
+  if [[ -n ${CRM_PG_SERVICE_PASSWORD:-} ]]; then printf '%s' "$CRM_PG_SERVICE_PASSWORD"; else cat "$SERVICE_PASSWORD_FILE"; fi
 }
 
 ensure_role_and_db() {
-  psql_admin -v role="$APP_USER" -v db="$APP_DB" <<'SQL'
-SELECT format('CREATE ROLE %I LOGIN SUPERUSER', :'role')
- WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+  [[ -n ${CRM_PG_PASSWORD:-} ]] || ensure_password_file "$OWNER_PASSWORD_FILE" "the owner role $APP_USER"
+  [[ -n ${CRM_PG_SERVICE_PASSWORD:-} ]] || ensure_password_file "$SERVICE_PASSWORD_FILE" "the services' role $SERVICE_USER"
+  # the passwords reach psql through its environment (\getenv), never a command line
+  CRM_PG_OWNER_SECRET=$(owner_password) CRM_PG_SERVICE_SECRET=$(service_password) \
+    psql_admin -v role="$APP_USER" -v service="$SERVICE_USER" -v db="$APP_DB" <<'SQL'
+\getenv owner_password CRM_PG_OWNER_SECRET
+\getenv service_password CRM_PG_SERVICE_SECRET
+SELECT format('CREATE ROLE %I LOGIN', :'role') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+-- the owner makes databases (the tests make one per test) and tables; no superuser
+SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER CREATEDB NOCREATEROLE PASSWORD %L', :'role', :'owner_password') \gexec
+-- the owner may end the services' connections (a database copy or drop needs none left)
+SELECT format('GRANT pg_signal_backend TO %I', :'role') \gexec
+SELECT format('CREATE ROLE %I LOGIN', :'service') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'service') \gexec
+SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L', :'service', :'service_password') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
 SQL
-  if password_mode; then  # psql reads it from the environment: never on a command line
-    psql_admin -v role="$APP_USER" <<'SQL'
-\getenv app_password CRM_PG_PASSWORD
-SELECT format('ALTER ROLE %I PASSWORD %L', :'role', :'app_password') \gexec
-SQL
-  fi
-  say "role $APP_USER$(password_mode && echo " (password from CRM_PG_PASSWORD)") and database $APP_DB present"
+  say "owner role $APP_USER, services' role $SERVICE_USER (passwords in $KEY_DIR/) and database $APP_DB present"
 }
 
 migrate() {
@@ -281,7 +284,8 @@ migrate() {
   fi
   [[ -x $PY ]] || die "python not found at $PY (set CRM_PYTHON or create <repo>/.venv)"
   say "applying migrations (services.cli db migrate)"
-  (cd "$REPO" && CRM_PG_DSN=$DSN exec "$PY" -m services.cli db migrate) || die "migrations failed"
+  (cd "$REPO" && CRM_PG_DSN=$DSN CRM_PG_PASSWORD=$(owner_password) CRM_PG_SERVICE_USER=$SERVICE_USER \
+     exec "$PY" -m services.cli db migrate) || die "migrations failed"
 }
 
 cmd_start() {
@@ -289,14 +293,12 @@ cmd_start() {
   cmd_install
   cmd_init
   install_tls_files
-  if secured; then mkdir -p "$SOCK_DIR"; chmod 0700 "$SOCK_DIR"; fi  # the owner's socket (see the header)
+  mkdir -p "$SOCK_DIR"; chmod 0700 "$SOCK_DIR"  # the cluster owner's socket (see the header)
   if is_running; then
     say "already running (port $PORT)"
-    if secured || [[ -f $DATA/.crm-secured ]]; then  # the TLS/password mode as the environment says now
-      write_runtime_conf
-      write_hba
-      pg pg_ctl reload -D "$DATA" >/dev/null || die "pg_ctl reload failed; log $LOG"
-    fi
+    write_runtime_conf  # TLS as the environment says now; passwords on TCP
+    write_hba
+    pg pg_ctl reload -D "$DATA" >/dev/null || die "pg_ctl reload failed; log $LOG"
   else
     port_in_use "$PORT" && die "127.0.0.1:$PORT is already in use by another process (set CRM_PG_PORT)"
     mkdir -p "$SOCK_DIR" "$LOG_DIR"
@@ -304,7 +306,7 @@ cmd_start() {
     if [[ $EUID -eq 0 ]]; then chown postgres: "$SOCK_DIR" "$LOG"; fi
     write_runtime_conf
     write_hba
-    say "starting on 127.0.0.1:$PORT (data $DATA$(tls_mode && echo ", TLS required")$(password_mode && echo ", scram-sha-256 passwords"))"
+    say "starting on 127.0.0.1:$PORT (data $DATA$(tls_mode && echo ", TLS required"), scram-sha-256 passwords)"
     if ! pg pg_ctl start -D "$DATA" -l "$LOG" -w -t 60 >/dev/null; then
       tail -n 30 "$LOG" >&2 || true
       die "pg_ctl start failed; log $LOG"
@@ -313,7 +315,7 @@ cmd_start() {
   fi
   ensure_role_and_db
   migrate
-  say "DSN: $DSN"
+  say "the services' DSN: postgresql://$SERVICE_USER@127.0.0.1:$PORT/$APP_DB, password in $SERVICE_PASSWORD_FILE"
 }
 
 cmd_stop() {
@@ -341,8 +343,9 @@ cmd_status() {
 cmd_psql() {
   BIN=$(find_bindir)
   [[ -n $BIN ]] || die "PostgreSQL is not installed (deploy/postgres.sh install)"
-  # the TLS/password mode: libpq takes the password from the environment (PGPASSWORD), not the command line
-  if [[ -n ${CRM_PG_PASSWORD:-} ]]; then export PGPASSWORD=$CRM_PG_PASSWORD; fi
+  # as the owner; libpq takes the password from the environment (PGPASSWORD), not the command line
+  PGPASSWORD=$(owner_password)
+  export PGPASSWORD
   exec "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U "$APP_USER" -d "$APP_DB" "$@"
 }
 

@@ -40,6 +40,19 @@ ensure_master_key() {
 
 say() { echo "services: $*"; }
 
+# PostgreSQL as the services' least-privilege role (deploy/postgres.sh makes it and its password,
+# kept in $KEY_DIR/postgres-service.password, mode 0600): rows only, no schema changes. The `crm`
+# commands run here (keys, operators) need no more. Migrations and `crm replay` run as the owner.
+if [[ -z ${CRM_PG_DSN:-} && -s $KEY_DIR/postgres-service.password ]]; then
+  export CRM_PG_DSN=postgresql://${CRM_PG_SERVICE_USER:-crm_service}@127.0.0.1:${CRM_PG_PORT:-5432}/${CRM_PG_DB:-crm}
+  CRM_PG_PASSWORD=$(cat "$KEY_DIR/postgres-service.password")
+  export CRM_PG_PASSWORD
+fi
+
+# The demo's webhook receivers run on this machine: let webhooks reach loopback by name (anywhere
+# else webhooks reach public addresses only; README: Security and privacy).
+export CRM_WEBHOOKS_ALLOWED_HOSTS=${CRM_WEBHOOKS_ALLOWED_HOSTS-127.0.0.1,localhost}
+
 command_of() {
   case $1 in
     ingest) echo "$VENV/bin/crm-ingest" ;;

@@ -224,3 +224,34 @@ def change_schema(change_type: str) -> dict[str, Any]:
         },
         "$defs": defs,
     }
+
+
+WITHHELD = "[withheld]"
+"""What a personal value reads as in a change sent or shown without personal data."""
+
+
+def without_personal_data(change: dict[str, Any]) -> dict[str, Any]:
+    """The change event without the personal data it carries (pure): the snapshot's display name
+    and traits (name, email, phone, address, birthday, company, ...), the values of a
+    ``profile.changed`` (the names of what changed stay; consents are no personal data), and the
+    identifiers of a merge or unmerge. Everything else — lifecycle, value, segments, satisfaction,
+    consent — is kept. For subscriptions and readers not allowed personal data
+    (README: Security and privacy)."""
+    out = dict(change)
+    data = change.get("data")
+    if not isinstance(data, dict):
+        return out
+    data = dict(data)
+    state = data.get("state")
+    if isinstance(state, dict) and isinstance(state.get("profile"), dict):
+        profile = dict(state["profile"])
+        profile["display_name"] = None if profile.get("display_name") is None else WITHHELD
+        profile["traits"] = {name: WITHHELD for name in (profile.get("traits") or {})}
+        data["state"] = {**state, "profile": profile}
+    if change.get("type") == "profile.changed" and isinstance(data.get("changed"), dict):
+        data["changed"] = {name: value if name.startswith("consent:") else {"from": WITHHELD, "to": WITHHELD}
+                           for name, value in data["changed"].items()}
+    if change.get("type") in ("customer.merged", "customer.unmerged") and isinstance(data.get("identifiers"), list):
+        data["identifiers"] = []
+    out["data"] = data
+    return out

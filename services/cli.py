@@ -14,7 +14,7 @@ from services.common import settings as settings_mod
 def _db_migrate(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
     from services.common.db import migrate
 
-    applied = migrate(cfg.pg_dsn)
+    applied = migrate(cfg.pg_dsn, cfg.pg_service_user or None)
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     return 0
 

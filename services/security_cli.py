@@ -103,11 +103,12 @@ def list_command(args: argparse.Namespace, cfg: Settings) -> int:
     try:
         with pool.transaction() as cur:
             keys = apikeys.list_keys(cur, include_revoked=not args.live)
+            sessions = {key.id: apikeys.live_sessions_of(cur, key.id) for key in keys}
     finally:
         pool.close()
     if args.json:
         for key in keys:
-            print(json.dumps(_show(key)))
+            print(json.dumps({**_show(key), "sessions": [_show(s) for s in sessions[key.id]]}))
         return 0
     if not keys:
         print("no API keys (create one with: crm keys create --name NAME --scopes admin)")
@@ -117,6 +118,8 @@ def list_command(args: argparse.Namespace, cfg: Settings) -> int:
         status = "revoked" if key.revoked_at else "live"
         used = key.last_used_at.strftime("%Y-%m-%d %H:%M:%S") if key.last_used_at else "-"
         print(f"{key.id:38} {key.prefix:10} {key.kind:11} {status:8} {','.join(key.scopes):34} {used:20} {key.name}")
+        for session in sessions[key.id]:  # a session made from the key belongs to it, and ends with it
+            print(f"  session {session.prefix} expires {session.expires_at:%Y-%m-%d %H:%M:%S}")
     return 0
 
 

@@ -7,6 +7,7 @@ the same console scripts a user starts.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ from typing import Callable
 
 import httpx
 import psycopg2
+import psycopg2.extensions
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
@@ -47,6 +49,9 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
 
 
+OWNER_ROLE, SERVICE_ROLE = "crm", "crm_service"  # deploy/postgres.sh: CRM_PG_USER, CRM_PG_SERVICE_USER
+
+
 @dataclass
 class Stack:
     env: dict[str, str]
@@ -73,8 +78,12 @@ class Stack:
         from services.common.vault import new_master_key
 
         env["CRM_MASTER_KEY"] = new_master_key()
+        # the session's database passwords, which deploy/postgres.sh sets on the owner and the
+        # services' role at start (hex: nothing to escape in a URL)
+        env["CRM_PG_PASSWORD"], env["CRM_PG_SERVICE_PASSWORD"] = secrets.token_hex(24), secrets.token_hex(24)
         stack = cls(env=env, kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-                    pg_admin_dsn=f"postgresql://crm@127.0.0.1:{pg_port}/crm", home=home)
+                    pg_admin_dsn=f"postgresql://{OWNER_ROLE}:{env['CRM_PG_PASSWORD']}@127.0.0.1:{pg_port}/crm",
+                    home=home)
         env["CRM_KAFKA_BOOTSTRAP"] = stack.kafka_bootstrap
         return stack
 
@@ -85,19 +94,28 @@ class Stack:
         self.script("postgres.sh", "start")
         self.script("kafka.sh", "start")
 
+    def as_role(self, dsn: str, role: str) -> str:
+        """``dsn`` for the owner (``owner``: migrations, ``crm replay``) or the services' role
+        (``service``), with the session's password in it (test databases only)."""
+        params = psycopg2.extensions.parse_dsn(dsn)
+        user, password = ((SERVICE_ROLE, self.env["CRM_PG_SERVICE_PASSWORD"]) if role == "service"
+                          else (OWNER_ROLE, self.env["CRM_PG_PASSWORD"]))
+        return f"postgresql://{user}:{password}@{params['host']}:{params['port']}/{params['dbname']}"
+
     def new_database(self) -> str:
-        """A fresh, migrated database; returns its DSN."""
+        """A fresh database, migrated by the owner; returns the DSN of the services' role, which
+        may read and write its rows and nothing more, as the services' role of the demo."""
         name = "crm_t_" + uuid.uuid4().hex[:10]
         conn = psycopg2.connect(self.pg_admin_dsn)
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE {name}")
         conn.close()
-        dsn = self.pg_admin_dsn.rsplit("/", 1)[0] + "/" + name
         from services.common.db import migrate
 
-        migrate(dsn)
-        return dsn
+        owner = self.pg_admin_dsn.rsplit("/", 1)[0] + "/" + name
+        migrate(owner, SERVICE_ROLE)
+        return self.as_role(owner, "service")
 
     def script(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run a deploy script; on failure, say what it printed."""
@@ -216,9 +234,19 @@ class Platform:
     def admin_key(self) -> str:
         return self.keys["admin"]
 
+    def owner_env(self, **extra: str) -> dict[str, str]:
+        """``env`` as the database's owner: for what changes the schema (``crm replay``)."""
+        return self.env(CRM_PG_DSN=self.stack.as_role(self.dsn, "owner"), **extra)
+
     def env(self, **extra: str) -> dict[str, str]:
-        env = {**self.stack.env, "CRM_PG_DSN": self.dsn, "CRM_KAFKA_BOOTSTRAP": self.stack.kafka_bootstrap,
-               "CRM_PROCESSOR_ID": self.processor_id, "CRM_TOPIC_PREFIX": self.topic_prefix, "CRM_LOG_JSON": "true", "CRM_BATCH_WITHIN_S": "0.05"}
+        # the services' role: its password is in the DSN, and no other may override it
+        stack_env = {k: v for k, v in self.stack.env.items() if k not in ("CRM_PG_PASSWORD", "CRM_PG_SERVICE_PASSWORD")}
+        env = {**stack_env, "CRM_PG_DSN": self.dsn, "CRM_KAFKA_BOOTSTRAP": self.stack.kafka_bootstrap,
+               "CRM_PROCESSOR_ID": self.processor_id, "CRM_TOPIC_PREFIX": self.topic_prefix,
+               "CRM_LOG_JSON": "true", "CRM_BATCH_WITHIN_S": "0.05",
+               # the tests' webhook receivers listen on 127.0.0.1 (tests/e2e/test_security_review.py
+               # starts services without it, to see loopback refused)
+               "CRM_WEBHOOKS_ALLOWED_HOSTS": "127.0.0.1"}
         env.update(extra)
         return env
 

@@ -12,7 +12,7 @@ def run() -> None:
     settings = settings_mod.load()
     configure("crm-api", settings.log_level, settings.log_json)
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None,
-                access_log=False, server_header=False)
+                access_log=False, server_header=False, **settings_mod.uvicorn_proxy(settings))
 
 
 if __name__ == "__main__":

@@ -195,13 +195,18 @@ def create(cur, *, name: str, scopes: Iterable[str], kind: str = SECRET, origins
 
 
 def create_session(cur, *, scopes: Iterable[str], operator: str | None, hours: float, created_by: str,
-                   name: str | None = None) -> tuple[Key, str]:
+                   name: str | None = None, session_of: str | None = None) -> tuple[Key, str]:
     """A dashboard session: a secret key of these (read) scopes that expires in ``hours``; returns it
-    and the key string (the cookie's value, never stored). Expired sessions are deleted here, so the
-    table keeps no more than the live ones and those of the last day."""
+    and the key string (the cookie's value, never stored). It belongs to an operator or, made from
+    an API key, to that key (``session_of``): it ends when the operator is disabled or the key
+    revoked. Expired sessions are deleted here, so the table keeps no more than the live ones and
+    those of the last day."""
+    if (operator is None) == (session_of is None):
+        raise ValueError("a session belongs to exactly one of an operator or an API key")
     key, full = create(cur, name=name or f"dashboard session of {operator}", scopes=scopes, created_by=created_by)
-    cur.execute(f"""UPDATE api_key SET expires_at = now() + make_interval(secs => %s), operator = %s
-                    WHERE id = %s RETURNING {_COLUMNS}""", (hours * 3600, operator, key.id))
+    cur.execute(f"""UPDATE api_key SET expires_at = now() + make_interval(secs => %s), operator = %s,
+                                       session_of = %s
+                    WHERE id = %s RETURNING {_COLUMNS}""", (hours * 3600, operator, session_of, key.id))
     key = _key(cur.fetchone())
     cur.execute("DELETE FROM api_key WHERE expires_at < now() - interval '1 day'")
     return key, full
@@ -211,6 +216,13 @@ def list_keys(cur, *, include_revoked: bool = True) -> list[Key]:
     """Every key but sessions, oldest first (no secrets: the store has none)."""
     where = "WHERE expires_at IS NULL" + ("" if include_revoked else " AND revoked_at IS NULL")
     cur.execute(f"SELECT {_COLUMNS} FROM api_key {where} ORDER BY created_at, id")
+    return [_key(r) for r in cur.fetchall()]
+
+
+def live_sessions_of(cur, key_id: str) -> list[Key]:
+    """The live dashboard sessions made from an API key, oldest first."""
+    cur.execute(f"""SELECT {_COLUMNS} FROM api_key WHERE session_of = %s AND revoked_at IS NULL
+                    AND expires_at > now() ORDER BY created_at, id""", (key_id,))
     return [_key(r) for r in cur.fetchall()]
 
 
@@ -229,7 +241,12 @@ def revoke(cur, id_or_prefix: str, *, revoked_by: str = "") -> tuple[Key | None,
                 (revoked_by, id_or_prefix, id_or_prefix))
     row = cur.fetchone()
     if row is not None:
-        return _key(row), True
+        key = _key(row)
+        # the sessions made from the key end with it
+        cur.execute("""UPDATE api_key SET revoked_at = now(), revoked_by = %s
+                       WHERE session_of = %s AND revoked_at IS NULL""", (f"{revoked_by}: key {key.prefix} revoked",
+                                                                          key.id))
+        return key, True
     return get(cur, id_or_prefix), False
 
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import psycopg2
-from fastapi import FastAPI, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from services.common import apikeys
-from services.common.apikeys import PUBLISHABLE, InvalidKeySpec, Key
+from services.common.apikeys import PUBLISHABLE, SECRET, InvalidKeySpec, Key
 from services.common.db import TransactionPool
 from services.common.ratelimit import Limiter, Refusal, Want
 from services.common.settings import Settings
@@ -177,7 +177,9 @@ def rate_limited(refusal: Refusal) -> AuthProblem:
     want = refusal.want
     unit = want.unit
     what = {"key": f"API key {want.name}", "source": f"event source {want.name!r}",
-            "ip": f"client {want.name} (requests without a secret key)"}.get(want.kind, want.name)
+            "ip": f"client {want.name} (requests with a publishable key)",
+            "failures": f"failed authentications from client {want.name} (no key, or an unknown or revoked one)"
+            }.get(want.kind, want.name)
     return AuthProblem(429, f"rate limit of {what} exceeded ({want.rate:g} {unit}/s, burst {want.burst:g}); "
                             f"retry after {refusal.retry_after} s",
                        {"Retry-After": str(refusal.retry_after)},
@@ -205,7 +207,13 @@ class Authenticator:
                     cost, "events")
 
     def ip_want(self, ip: str | None) -> Want:
+        """Requests with a publishable key (public by nature): limited per client IP."""
         return Want("ip", ip or "unknown", self.settings.ip_rate_limit_per_s, self.settings.ip_rate_limit_burst)
+
+    def failure_want(self, ip: str | None) -> Want:
+        """Failed authentications (no key, a bad one): limited per client IP, in a bucket of their
+        own, so a flood of bad keys from one address never refuses a good key from it."""
+        return Want("failures", ip or "unknown", self.settings.ip_rate_limit_per_s, self.settings.ip_rate_limit_burst)
 
     def limit(self, wants: list[Want]) -> None:
         """Charge these buckets, or raise the 429 of the one that refuses."""
@@ -225,14 +233,12 @@ class Authenticator:
             presented = request.cookies.get(self.session_cookie) or None
             from_cookie = presented is not None
         if presented is None:
-            self.limit([self.ip_want(ip)])
+            self.limit([self.failure_want(ip)])
             raise AuthProblem(401, MISSING, {"WWW-Authenticate": "Bearer"})
         fresh, key = self.store.cached(presented)
-        if not fresh:
-            # a client that used up its allowance of failed attempts asks the key store no more
-            refusal = self.limiter.peek([self.ip_want(ip)])
-            if refusal is not None:
-                raise rate_limited(refusal)
+        if not fresh and apikeys.parse(presented) is not None:
+            # asked even when the client's failures are over their limit: a valid key is never
+            # refused for the bad ones sent beside it (a key that is not of our format costs nothing)
             try:
                 key = await run_in_threadpool(self.store.verify, presented)
             except KeyStoreUnavailable as exc:
@@ -241,7 +247,7 @@ class Authenticator:
         if key is not None and from_cookie and key.expires_at is None:
             key = None  # a cookie holds only sessions
         if key is None:
-            self.limit([self.ip_want(ip)])  # failed attempts count against the client's IP
+            self.limit([self.failure_want(ip)])  # failed attempts count against the client's IP
             if from_cookie:
                 raise AuthProblem(401, "session expired or ended: sign in again", {"WWW-Authenticate": "Bearer"})
             raise AuthProblem(401, INVALID, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -263,6 +269,21 @@ _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: 
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 _query = APIKeyQuery(name="access_token", auto_error=False,
                      description="an API key, for EventSource (Server-Sent Events) only")
+
+
+@functools.cache
+def require_secret(scope: str) -> Callable:
+    """Like ``require`` but refuses a publishable key with 403: routes whose callers are servers
+    (order and call webhooks, survey links) never take the public key of a web page."""
+    inner = require(scope)
+
+    async def dependency(caller: Caller = Depends(inner)) -> Caller:
+        if caller.key.kind != SECRET:
+            raise AuthProblem(403, f"publishable key {caller.key.prefix} cannot be used here: use a secret key "
+                                   f"with {scope}", detail={"missing_scope": scope})
+        return caller
+
+    return dependency
 
 
 @functools.cache

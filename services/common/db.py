@@ -184,8 +184,10 @@ def migrations() -> list[tuple[str, str]]:
     return sorted((f.name, f.read_text(encoding="utf-8")) for f in folder.iterdir() if f.name.endswith(".sql"))
 
 
-def migrate(dsn: str) -> list[str]:
-    """Apply the migrations not yet applied, all in one transaction; returns their names."""
+def migrate(dsn: str, service_role: str | None = None) -> list[str]:
+    """Apply the migrations not yet applied, all in one transaction; returns their names. Run as
+    the database's owner; ``service_role`` (when that role exists) is granted what the services
+    need, on what the migrations made and on what the owner makes later (``grant_service_role``)."""
     applied: list[str] = []
     with connect(dsn, application_name="crm-migrate") as conn:
         with conn.cursor() as cur:
@@ -201,5 +203,30 @@ def migrate(dsn: str) -> list[str]:
                 cur.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
                 applied.append(name)
                 log.info("migration applied", extra={"migration": name})
+            if service_role:
+                grant_service_role(cur, service_role)
     conn.close()
     return applied
+
+
+def grant_service_role(cur, role: str) -> bool:
+    """Let ``role`` (the services' least-privilege login) read and write rows: SELECT, INSERT,
+    UPDATE and DELETE on the tables of ``public`` and use of their sequences, now and, by default
+    privileges, on every table and sequence the owner (``current_user``) makes from now on, in any
+    schema (``crm replay`` builds its tables in a schema of its own and swaps them in). Nothing
+    else: no DDL, no TRUNCATE, no other database. False: there is no such role (left alone)."""
+    from psycopg2 import sql
+
+    cur.execute("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (role,))
+    if not cur.fetchone()[0]:
+        log.info("no such role: nothing granted", extra={"role": role})
+        return False
+    who = sql.Identifier(role)
+    for statement in (
+            "GRANT USAGE ON SCHEMA public TO {}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}",
+            "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {}",
+            "ALTER DEFAULT PRIVILEGES GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}",
+            "ALTER DEFAULT PRIVILEGES GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}"):
+        cur.execute(sql.SQL(statement).format(who))
+    return True

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     home: str = Field(".crm", description="the project's data folder (CRM_HOME)")
     kafka_bootstrap: str = "127.0.0.1:9092"
     pg_dsn: str = "postgresql://crm@127.0.0.1:5432/crm"
+    pg_service_user: str = Field("crm_service", description="the services' least-privilege role, which `crm db "
+                                                            "migrate` (run as the owner) grants row access to; "
+                                                            "empty: grant nothing")
     partitions: int = Field(4, ge=1, description="partition count of the crm.* topics")
     replication_factor: int = Field(1, ge=1)
 
@@ -131,6 +134,9 @@ class Settings(BaseSettings):
     webhooks_per_subscription: int = Field(4, ge=1, description="deliveries of one subscription in flight at once, "
                                                                "every dispatcher counted")
     webhooks_poll_s: float = Field(0.5, gt=0, description="how often a dispatcher looks for due deliveries when idle")
+    webhooks_allowed_hosts: str = Field("", description="comma-separated host names (or addresses) webhooks may "
+                                                        "reach although they are loopback, private, link-local or "
+                                                        "metadata addresses; empty (the default): none")
     webhooks_previous_secret_s: float = Field(24 * 3600, ge=0, description="how long a rotated-out secret still "
                                                                          "signs deliveries beside the new one")
 
@@ -151,6 +157,9 @@ class Settings(BaseSettings):
     ip_rate_limit_per_s: float = Field(20.0, gt=0, description="requests/s per client IP that present no valid "
                                                                "secret key (missing or bad keys, publishable keys)")
     ip_rate_limit_burst: int = Field(200, ge=1, description="burst of those requests per client IP")
+    trusted_proxies: str = Field("", description="comma-separated addresses (or networks) of the reverse proxies "
+                                                 "whose X-Forwarded-For and X-Forwarded-Proto are believed; empty "
+                                                 "(the default): none, the client is the connection's peer")
     api_key: SecretStr = Field(SecretStr(""), description="the API key this client sends (CRM_API_KEY): "
                                                           "crm-simulator; never logged")
 
@@ -243,6 +252,18 @@ class Settings(BaseSettings):
 
         self.pg_dsn = settings_dsn(self)
         return self
+
+
+def names(value: str) -> list[str]:
+    """The entries of a comma-separated setting, stripped and lower-cased, empty ones left out."""
+    return [part.strip().lower() for part in value.split(",") if part.strip()]
+
+
+def uvicorn_proxy(settings: Settings) -> dict:
+    """uvicorn's arguments for forwarded headers: believed only from ``CRM_TRUSTED_PROXIES``
+    (uvicorn's own default, 127.0.0.1, would let any local process name any client address)."""
+    trusted = names(settings.trusted_proxies)
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
 
 
 def load() -> Settings:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.settings import Settings
 from services.common.publisher import KafkaPublisher
@@ -118,6 +119,11 @@ def create_app(settings: Settings, publisher: KafkaPublisher, vault: Vault | Non
             return _error(exc.status, exc.message)
         outcome = await intake.accept(caller, got.items, single=got.single, cloudevents=got.cloudevents)
         return outcome.response()
+
+    @app.exception_handler(StarletteHTTPException)  # the routing's 404 and 405: errors are {"error": ...} here too
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        REQUESTS.labels(str(exc.status_code)).inc()
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -17,7 +17,7 @@ def run() -> None:
                                security=KafkaSecurity.from_settings(settings))
     app = create_app(settings, publisher)
     uvicorn.run(app, host=settings.ingest_host, port=settings.ingest_port, log_config=None,
-                access_log=False, server_header=False)
+                access_log=False, server_header=False, **settings_mod.uvicorn_proxy(settings))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from services.common.vault import from_settings as vault_from_settings
 from services.common.db import TransactionPool
 from services.common.kafka_follow import follow
 from services.common.kafka_security import KafkaSecurity
-from services.common.settings import Settings
+from services.common.settings import Settings, names
 from services.common.topics import CUSTOMER_CHANGES
 from services.processors.records import Output, Record
 from services.processors.runner import BatchRunner, load_offsets
@@ -159,7 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
                         jitter=settings.webhooks_retry_jitter, timeout_s=settings.webhooks_timeout_s,
                         lease_s=settings.webhooks_lease_s, concurrency=settings.webhooks_concurrency,
                         per_subscription=settings.webhooks_per_subscription, poll_s=settings.webhooks_poll_s,
-                        vault=vault)
+                        vault=vault, allowed_hosts=names(settings.webhooks_allowed_hosts))
         consumer = ChangeConsumer(settings, pool, sender)
         app.state.sender, app.state.consumer = sender, consumer
         tasks = [asyncio.create_task(consumer.run(), name="webhooks-consumer"),

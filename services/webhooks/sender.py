@@ -6,7 +6,12 @@ per subscription across all dispatchers, and sends each in a task of its own und
 per-request timeout: a slow or failing endpoint holds only its own few slots, never the others'.
 2xx is delivered; anything else, a timeout or a connection error is tried again after the retry
 schedule (with jitter) until the last attempt, after which the delivery is ``failed``. 410 Gone
-disables the subscription. Every attempt is recorded.
+disables the subscription. Every attempt is recorded: its time, status and error, never the
+receiver's answer (the log is no window onto what an endpoint says).
+
+Before each attempt the URL's host is resolved and every address checked (``addresses.py``): the
+request goes to the checked address only, so a webhook never reaches the platform's own network.
+A subscription that may not carry personal data gets the change without it.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ import orjson
 import psycopg2
 from prometheus_client import Counter, Gauge, Histogram
 
+from events.feed import without_personal_data
 from services.common.db import TransactionPool
-from services.webhooks import store
+from services.webhooks import addresses, store
 from services.webhooks.retries import parse_retry_after, retry_delay
 from services.webhooks.verify import sign
 
@@ -37,7 +43,6 @@ ATTEMPT_SECONDS = Histogram("crm_webhooks_attempt_seconds", "time of one deliver
 IN_FLIGHT = Gauge("crm_webhooks_in_flight", "deliveries being sent by this dispatcher")
 CLAIM_ERRORS = Counter("crm_webhooks_database_errors_total", "failed claims or records (PostgreSQL)")
 
-RESPONSE_EXCERPT = 1024
 CONTENT_TYPE = "application/cloudevents+json"
 
 
@@ -55,8 +60,9 @@ def signed_headers(claim: store.Claim, now: float) -> dict[str, str]:
 class Sender:
     def __init__(self, pool: TransactionPool, *, dispatcher: str, schedule: Sequence[float], jitter: float,
                  timeout_s: float, lease_s: float, concurrency: int, per_subscription: int, poll_s: float,
-                 rng: random.Random | None = None, vault=None):
+                 rng: random.Random | None = None, vault=None, allowed_hosts: Sequence[str] = ()):
         self.pool = pool
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)  # exempt from the address check
         self.vault = vault  # opens the personal data of a change just before it is sent (services.common.vault)
         self.dispatcher = dispatcher
         self.schedule = tuple(schedule)
@@ -84,10 +90,14 @@ class Sender:
         """Due deliveries, leased; their bodies opened (the stored change holds pseudonyms and
         tokens, the subscriber gets the values; one whose key is shredded reads ``[erased]``)."""
         claims = store.claim(cur, lease_s=self.lease_s, per_subscription=self.per_subscription, limit=free)
-        if self.vault is None:
-            return claims
-        return [dataclasses.replace(c, body=orjson.dumps(self.vault.reveal(cur, orjson.loads(c.body))))
-                if b"psn-" in c.body or b"enc1." in c.body else c for c in claims]
+        return [self._open(cur, c) for c in claims]
+
+    def _open(self, cur, claim: store.Claim) -> store.Claim:
+        if not claim.personal_data:  # its creator may not read personal data: none is sent
+            return dataclasses.replace(claim, body=orjson.dumps(without_personal_data(orjson.loads(claim.body))))
+        if self.vault is None or (b"psn-" not in claim.body and b"enc1." not in claim.body):
+            return claim
+        return dataclasses.replace(claim, body=orjson.dumps(self.vault.reveal(cur, orjson.loads(claim.body))))
 
     async def _db(self, fn, *args, **kwargs):
         def run():
@@ -167,16 +177,20 @@ class Sender:
         started = time.time()
         clock = time.perf_counter()
         status: int | None = None
-        excerpt: str | None = None
         retry_after: float | None = None
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self._client.stream("POST", item.url, content=item.body,
-                                               headers=signed_headers(item, started)) as response:
+                url, headers, extensions = item.url, signed_headers(item, started), {}
+                if not addresses.allowed_host(item.url, self.allowed_hosts):
+                    # connect to the address just checked, not to what the name resolves to next
+                    url, headers, extensions = _pinned(item.url, await addresses.resolve(item.url), headers)
+                async with self._client.stream("POST", url, content=item.body, headers=headers,
+                                               extensions=extensions) as response:
                     status = response.status_code
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
-                    excerpt = await _excerpt(response)
             error = None if 200 <= status < 300 else f"HTTP {status}"
+        except addresses.AddressRefused as exc:
+            error = f"refused: {exc}"
         except (TimeoutError, httpx.TimeoutException):
             error = f"timeout after {self.timeout_s:g} s"
         except Exception as exc:  # connection errors, and anything else: recorded and retried alike
@@ -185,7 +199,7 @@ class Sender:
         gone = status == 410
         retry_in = None if error is None or gone else retry_delay(item.tries + 1, self.schedule, self.jitter,
                                                                   self.rng, retry_after)
-        return store.Outcome(started, duration_ms, status, error, excerpt, retry_in, gone)
+        return store.Outcome(started, duration_ms, status, error, None, retry_in, gone)
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; let the sends in flight finish (and be recorded) for up to ``grace_s``."""
@@ -199,11 +213,10 @@ class Sender:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-async def _excerpt(response: httpx.Response) -> str:
-    """The start of the answer, for the delivery log (a large answer is not read to its end)."""
-    chunk = b""
-    async for part in response.aiter_bytes():
-        chunk += part
-        if len(chunk) >= RESPONSE_EXCERPT:
-            break
-    return chunk[:RESPONSE_EXCERPT].decode("utf-8", "replace")
+def _pinned(url: str, address: str, headers: dict[str, str]) -> tuple[httpx.URL, dict[str, str], dict]:
+    """The request to ``url`` sent to ``address``: the host name stays in ``Host`` and, over
+    HTTPS, in SNI and the certificate check."""
+    original = httpx.URL(url)
+    host = original.host
+    return (original.copy_with(host=address), {**headers, "host": original.netloc.decode("ascii")},
+            {"sni_hostname": host} if original.scheme == "https" else {})

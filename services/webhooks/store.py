@@ -27,8 +27,8 @@ STATUSES = ("pending", "delivered", "failed", "cancelled")
 RETRYABLE = ("failed", "cancelled")
 _CLAIM_LOCK = lock_id("crm-webhooks-claim")
 
-SUBSCRIPTION = ("id", "url", "event_types", "segments", "purpose", "description", "enabled", "disabled_reason",
-                "created_at", "updated_at")
+SUBSCRIPTION = ("id", "url", "event_types", "segments", "purpose", "personal_data", "description", "enabled",
+                "disabled_reason", "created_at", "updated_at")
 _SUBSCRIPTION_COLUMNS = ", ".join(SUBSCRIPTION)
 _DELIVERY_COLUMNS = """d.id, d.subscription_id, d.event_id, e.type AS event_type, e.customer_id, e.sequence,
     d.status, d.attempts AS attempt_count, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
@@ -48,12 +48,14 @@ def _one(cur) -> dict[str, Any] | None:
 # -- subscriptions (the API) ----------------------------------------------------------------------
 
 def create_subscription(cur, *, url: str, event_types: list[str] | None, segments: list[str] | None,
-                        description: str, enabled: bool, purpose: str = "service") -> dict[str, Any]:
+                        description: str, enabled: bool, purpose: str = "service",
+                        personal_data: bool = False) -> dict[str, Any]:
     """A new subscription with a fresh secret; the only answer that carries the secret."""
-    cur.execute(f"""INSERT INTO webhook_subscription (id, url, event_types, segments, purpose, description, enabled,
-                                                      secret)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_SUBSCRIPTION_COLUMNS}, secret""",
-                ("wh_" + uuid.uuid4().hex, url, event_types, segments, purpose, description, enabled, new_secret()))
+    cur.execute(f"""INSERT INTO webhook_subscription (id, url, event_types, segments, purpose, personal_data,
+                                                      description, enabled, secret)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_SUBSCRIPTION_COLUMNS}, secret""",
+                ("wh_" + uuid.uuid4().hex, url, event_types, segments, purpose, personal_data, description, enabled,
+                 new_secret()))
     return _one(cur)
 
 
@@ -68,10 +70,10 @@ def get_subscription(cur, subscription_id: str) -> dict[str, Any] | None:
 
 
 def update_subscription(cur, subscription_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
-    """Change some of url, event_types, segments, purpose, description, enabled. Disabling cancels
+    """Change some of url, event_types, segments, purpose, personal_data, description, enabled. Disabling cancels
     the deliveries still pending; enabling again matches the changes published from then on; a
     purpose that needs consent cancels the pending deliveries whose snapshot does not consent."""
-    allowed = {"url", "event_types", "segments", "purpose", "description", "enabled"}
+    allowed = {"url", "event_types", "segments", "purpose", "personal_data", "description", "enabled"}
     assert set(changes) <= allowed, set(changes) - allowed
     sets = [f"{name} = %({name})s" for name in changes]
     if changes.get("enabled") is True:
@@ -164,7 +166,9 @@ def get_delivery(cur, subscription_id: str, delivery_id: int) -> dict[str, Any] 
     if delivery is None:
         return None
     delivery["body"] = bytes(delivery["body"])
-    cur.execute("""SELECT attempt, started_at, duration_ms, status_code, error, response, dispatcher
+    # the receiver's answer is not shown (attempts recorded before it stopped being kept included):
+    # an endpoint's body is no business of the delivery log's readers
+    cur.execute("""SELECT attempt, started_at, duration_ms, status_code, error, NULL AS response, dispatcher
                    FROM webhook_attempt WHERE delivery_id = %s ORDER BY id""", (delivery_id,))
     delivery["attempts"] = _dicts(cur)
     return delivery
@@ -231,6 +235,7 @@ class Claim:
     url: str
     secrets: tuple[str, ...]  # the current secret, and a rotated-out one still valid
     token: str
+    personal_data: bool = False  # whether the subscription may receive the personal data in the change
 
 
 def claim(cur, *, lease_s: float, per_subscription: int, limit: int) -> list[Claim]:
@@ -259,9 +264,11 @@ def claim(cur, *, lease_s: float, per_subscription: int, limit: int) -> list[Cla
         FROM webhook_event e, webhook_subscription s
         WHERE d.id = ANY(%s) AND e.event_id = d.event_id AND s.id = d.subscription_id
         RETURNING d.id, d.subscription_id, d.event_id, d.attempts + 1, d.tries, e.body, s.url, s.secret,
-                  CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END""", (token, lease_s, ids))
-    claims = [Claim(did, sid, eid, attempt, tries, bytes(body), url, (secret, *([previous] if previous else [])), token)
-              for did, sid, eid, attempt, tries, body, url, secret, previous in cur.fetchall()]
+                  CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END, s.personal_data""",
+                (token, lease_s, ids))
+    claims = [Claim(did, sid, eid, attempt, tries, bytes(body), url, (secret, *([previous] if previous else [])), token,
+                    personal)
+              for did, sid, eid, attempt, tries, body, url, secret, previous, personal in cur.fetchall()]
     return sorted(claims, key=lambda c: c.id)
 
 

@@ -195,7 +195,8 @@ def test_a_change_is_delivered_signed_and_logged(platform, api, receiver, unique
     detail = delivery(api, sub["id"], log[0]["id"])
     assert detail["event"] == orjson.loads(sent[detail["event_id"]])
     (attempt,) = detail["attempts"]
-    assert attempt["status_code"] == 200 and attempt["error"] is None and attempt["response"] == "ok"
+    # status and timing; never the receiver's answer (its "ok")
+    assert attempt["status_code"] == 200 and attempt["error"] is None and attempt["response"] is None
     assert attempt["duration_ms"] > 0
     page = http.get(f"{api}/v1/webhooks/{sub['id']}/deliveries", params={"limit": 1}).json()
     assert len(page["items"]) == 1 and page["next_cursor"]

@@ -21,7 +21,7 @@ from tests.reference import reference_views
 
 
 def replay(platform, *args: str) -> dict:
-    done = subprocess.run([str(VENV_BIN / "crm"), "replay", "--json", *args], env=platform.env(),
+    done = subprocess.run([str(VENV_BIN / "crm"), "replay", "--json", *args], env=platform.owner_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode in (0, 2), f"crm replay exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -79,7 +79,7 @@ def test_rebuilds_swap_in_while_events_flow_and_equal_the_live_projections(platf
     counts = assert_feed_matches_state(platform, set(reference_views(events)))
     assert counts["changes"] > counts["customers"]
 
-    listed = subprocess.run([str(VENV_BIN / "crm"), "replay", "--list"], env=platform.env(), capture_output=True,
+    listed = subprocess.run([str(VENV_BIN / "crm"), "replay", "--list"], env=platform.owner_env(), capture_output=True,
                             text=True, timeout=60)
     assert listed.returncode == 0 and "all from archive" in listed.stdout and "0 rows differ" in listed.stdout
 
@@ -95,7 +95,7 @@ def test_an_interrupted_rebuild_resumes_and_a_wrong_one_is_refused(platform, uni
     assert not kept["swapped"] and kept["differences"] == 0, kept
     built = kept["records"]
     # a different scope cannot take over the unfinished rebuild's schema
-    done = subprocess.run([str(VENV_BIN / "crm"), "replay", "--scope", "view"], env=platform.env(),
+    done = subprocess.run([str(VENV_BIN / "crm"), "replay", "--scope", "view"], env=platform.owner_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "unfinished rebuild" in done.stderr
     resumed = replay(platform, "--scope", "identity", "--require-equal")
@@ -107,6 +107,6 @@ def test_an_interrupted_rebuild_resumes_and_a_wrong_one_is_refused(platform, uni
 @pytest.mark.parametrize("args,message", [(("--scope", "view", "--source", "archive"), "archive holds accepted"),
                                           (("--scope", "nonsense"), "invalid choice")])
 def test_bad_requests_are_refused_with_a_reason(platform, args, message):
-    done = subprocess.run([str(VENV_BIN / "crm"), "replay", *args], env=platform.env(), capture_output=True,
+    done = subprocess.run([str(VENV_BIN / "crm"), "replay", *args], env=platform.owner_env(), capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0 and message in done.stderr

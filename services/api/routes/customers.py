@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -235,11 +237,24 @@ def find_customers(
     return found
 
 
+_CUSTOMER_ID = re.compile(r"c_[0-9a-f]{20}")  # projections.identity.customer_id_for
+
+
+def _id_cursor(cursor: str | None) -> str:
+    """The customer id a ``q`` or state page ended at (``""``: the first page); 400 for anything
+    else, since no other string is a cursor this API gave out."""
+    if cursor is None:
+        return ""
+    if not _CUSTOMER_ID.fullmatch(cursor):
+        raise HTTPException(400, "cursor: not a cursor this API gave out")
+    return cursor
+
+
 def _search(db, vault: Vault, q: str, limit: int, cursor: str | None) -> CustomerList:
     """Names are stored as keyed digests of every prefix of every word (and of the whole name), up
     to 40 characters (``view_stage._Batch.terms``): a prefix search is one exact lookup."""
     term = " ".join(q.lower().split())[:40]
-    after = cursor or ""
+    after = _id_cursor(cursor)
     with db.cursor() as cur:
         cur.execute("""SELECT DISTINCT customer_id FROM customer_view_search
                        WHERE term = %s AND customer_id > %s ORDER BY customer_id LIMIT %s""",
@@ -256,7 +271,7 @@ def _by_state(db, settings, wanted: dict[str, str], limit: int, cursor: str | No
         if value not in known[name]:
             raise HTTPException(400, f"{name}: {value!r} is not one of {', '.join(known[name])}")
     where = ["live", "customer_id > %s"]
-    args: list[Any] = [cursor or ""]
+    args: list[Any] = [_id_cursor(cursor)]
     if "lifecycle" in wanted:
         where.append("lifecycle = %s")
         args.append(wanted["lifecycle"])
@@ -290,8 +305,13 @@ def _at_risk(db, limit: int, cursor: str | None) -> CustomerList:
 
 
 def _decode_risk_cursor(cursor: str) -> tuple[float, str]:
+    """(satisfaction index, customer id) of the last row of a page: the index is 0 to 100, or 101
+    for none, and never nan or inf; the id one the platform made."""
     index, _, after = cursor.partition(":")
-    return float(index), after
+    value = float(index)
+    if not (math.isfinite(value) and 0 <= value <= 101) or not _CUSTOMER_ID.fullmatch(after):
+        raise ValueError(cursor)
+    return value, after
 
 
 @router.get("/{customer_id}", response_model=CustomerOut, responses=NOT_FOUND)

@@ -18,14 +18,18 @@ from starlette.concurrency import run_in_threadpool
 
 from services.common import apikeys, audit, operators
 from services.common.apikeys import CUSTOMERS_READ, INDICATORS_READ
-from services.common.auth import AuthProblem, client_ip
+from services.common.auth import AuthProblem, Caller, client_ip
 from services.common.ratelimit import Want
 
 router = APIRouter(prefix="/v1/session", tags=["session"])
 
 COOKIE = "crm_session"
 READ_SCOPES = (CUSTOMERS_READ, INDICATORS_READ)
-SIGN_IN_RATE = (0.2, 10)  # per client IP: 10 attempts at once, then one every 5 s
+# Sign-in attempts are limited per username (or key prefix) at an address, so guessing one
+# account's password is slowed at once, and per address, more loosely, so spraying many accounts
+# from one address is too; colleagues behind one proxy do not use up each other's attempts.
+SIGN_IN_RATE = (0.2, 10)          # per username at an address: 10 attempts at once, then one every 5 s
+SIGN_IN_ADDRESS_RATE = (0.2, 30)  # per address, every username together: 30 at once, then one every 5 s
 
 
 class SignIn(BaseModel):
@@ -56,22 +60,30 @@ async def sign_in(body: SignIn, request: Request, response: Response):
     """Sign in with an operator's username and password, or with an API key; sets the session cookie."""
     app = request.app
     ip = client_ip(request)
-    refusal = app.state.auth.limiter.take([Want("sign-in", ip or "unknown", *SIGN_IN_RATE, unit="sign-in attempts")])
+    by_password = bool(body.username) and body.password is not None and not body.api_key
+    by_key = bool(body.api_key) and not body.username
+    if not (by_password or by_key):  # a malformed request is no attempt: it uses none up
+        return _problem(422, "give either username and password, or api_key")
+    who = (f"operator {body.username.strip().lower()[:64]}" if by_password
+           else f"key {_prefix(body.api_key)}")
+    refusal = app.state.auth.limiter.take([
+        Want("sign-in", f"{who} at {ip or 'unknown'}", *SIGN_IN_RATE, unit="sign-in attempts"),
+        Want("sign-in-address", ip or "unknown", *SIGN_IN_ADDRESS_RATE, unit="sign-in attempts")])
     if refusal is not None:
-        return _problem(429, f"too many sign-in attempts from {ip}; retry after {refusal.retry_after} s",
-                        {"Retry-After": str(refusal.retry_after)})
-    if body.username and body.password is not None and not body.api_key:
+        what = f"for {who} from {ip}" if refusal.want.kind == "sign-in" else f"from {ip}, every username together"
+        return JSONResponse({"error": f"too many sign-in attempts {what}; retry after {refusal.retry_after} s",
+                             "detail": {"limit": refusal.want.kind, "retry_after": refusal.retry_after}},
+                            status_code=429, headers={"Retry-After": str(refusal.retry_after)})
+    if by_password:
         key, display = await run_in_threadpool(_operator_session, app, body.username, body.password, ip)
         if key is None:
             return _problem(401, "unknown username or wrong password (or the operator is disabled)")
-    elif body.api_key and not body.username:
+    else:
         try:
             key = await run_in_threadpool(_key_session, app, body.api_key.strip(), ip)
         except AuthProblem as exc:
             return _problem(exc.status, exc.message)
         display = ""
-    else:
-        return _problem(422, "give either username and password, or api_key")
     ttl = int(app.state.settings.session_hours * 3600)
     response.set_cookie(COOKIE, key[1], max_age=ttl, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
@@ -91,16 +103,34 @@ def _operator_session(app, username: str, password: str, ip: str | None):
     return made, operator.display_name
 
 
+def _prefix(presented: str) -> str:
+    """The public prefix of a presented key, as the audit log and the limits name it."""
+    parsed = apikeys.parse(presented)
+    return parsed.prefix if parsed else "(malformed)"
+
+
 def _key_session(app, presented: str, ip: str | None):
     key = app.state.auth.store.verify(presented)
+    refusal = None
     if key is None or key.kind != apikeys.SECRET:
-        raise AuthProblem(401, "invalid API key: unknown, malformed, revoked or not a secret key")
-    scopes = [s for s in READ_SCOPES if key.allows(s)]
-    if not scopes:
-        raise AuthProblem(403, f"API key {key.prefix} has no read scope ({', '.join(READ_SCOPES)})")
+        refusal = AuthProblem(401, "invalid API key: unknown, malformed, revoked or not a secret key")
+    elif key.expires_at is not None:
+        # a session is never exchanged for another: it would outlive its operator's sign-out and
+        # belong to no one (sessions are made from a password or a lasting key only)
+        refusal = AuthProblem(403, "a dashboard session cannot be exchanged for a session: sign in with a "
+                                   "password or an API key")
+    scopes = [s for s in READ_SCOPES if key.allows(s)] if refusal is None else []
+    if refusal is None and not scopes:
+        refusal = AuthProblem(403, f"API key {key.prefix} has no read scope ({', '.join(READ_SCOPES)})")
+    if refusal is not None:  # audited like a wrong password: who tried, from where, never the key
+        with app.state.writer.transaction() as cur:
+            audit.record(cur, Caller(key, ip) if key is not None else f"key:{_prefix(presented)}", "session.refused",
+                         details={"by": "api_key", "status": refusal.status}, ip=ip)
+        raise refusal
     with app.state.writer.transaction() as cur:
         made = apikeys.create_session(cur, scopes=scopes, operator=None, hours=app.state.settings.session_hours,
-                                      created_by=key.label, name=f"dashboard session of key {key.prefix}")
+                                      created_by=key.label, name=f"dashboard session of key {key.prefix}",
+                                      session_of=key.id)
         audit.record(cur, key.label, "session.create", made[0].id, {"scopes": scopes, "from_key": key.id}, ip=ip)
     return made
 

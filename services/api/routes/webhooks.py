@@ -14,15 +14,16 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from events.feed import CHANGE_TYPES
+from events.feed import CHANGE_TYPES, without_personal_data
 from projections.customer_state import CONSENT_PURPOSES, NO_CONSENT_NEEDED
 from services.api.deps import DatabaseDep, SettingsDep, WriterDep
 from services.api.schemas import Problem, RequestBody
 from services.api.security import FeedManager
 from services.common import audit
-from services.common.apikeys import FEED_MANAGE
+from services.common.apikeys import CUSTOMERS_READ, FEED_MANAGE
 from services.common.auth import require
-from services.webhooks import store
+from services.common.settings import names
+from services.webhooks import addresses, store
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], dependencies=[Depends(require(FEED_MANAGE))])
 
@@ -49,6 +50,11 @@ class SubscriptionIn(RequestBody):
                                        f"{NO_CONSENT_NEEDED} (the default) needs no consent; for the others only "
                                        "changes whose snapshot consents to the purpose (profile.consent, on at least "
                                        "one channel) are delivered")
+    personal_data: bool | None = Field(
+        None, description="whether deliveries carry the customer's personal data (display name and traits in "
+                          "data.state.profile, the values of profile.changed, merged identifiers). Only a caller "
+                          "that may read customers (customers:read) may turn it on; left out: on for such a caller, "
+                          "off for others. Off: those values read \"[withheld]\"")
     description: str = Field("", max_length=500)
     enabled: bool = True
 
@@ -108,6 +114,7 @@ class SubscriptionPatch(SubscriptionIn):
     """The fields to change (left out: unchanged; event_types or segments null: no filter)."""
 
     url: str | None = Field(None, max_length=2048)
+    personal_data: bool | None = Field(None, description="turn personal data on (customers:read needed) or off")
     purpose: str | None = Field(None, description="another purpose: a purpose that needs consent cancels the pending "
                                                   "deliveries whose snapshot does not consent to it")
     description: str | None = Field(None, max_length=500)
@@ -122,6 +129,7 @@ class SubscriptionOut(BaseModel):
     segments: list[str] | None = Field(description="null: no segment filter")
     purpose: str = Field(description="service: no consent needed; marketing, analytics or profiling: only changes "
                                      "whose snapshot consents to it")
+    personal_data: bool = Field(description="whether deliveries carry personal data (false: it reads [withheld])")
     description: str
     enabled: bool
     disabled_reason: str | None = Field(description="why the dispatcher disabled it (the endpoint answered 410 Gone)")
@@ -161,7 +169,8 @@ class AttemptOut(BaseModel):
     status_code: int | None = Field(description="the receiver's HTTP status; null without an answer")
     error: str | None = Field(description="null: delivered; else what went wrong (HTTP status, timeout, "
                                           "connection error)")
-    response: str | None = Field(description="the start of the receiver's answer")
+    response: str | None = Field(description="always null: the receiver's answer is not kept (the delivery log is "
+                                             "no window onto what an endpoint says)")
     dispatcher: str = Field(description="the dispatcher process that made the attempt")
 
 
@@ -183,7 +192,8 @@ class DeliveryOut(BaseModel):
 
 
 class DeliveryDetail(DeliveryOut):
-    event: dict[str, Any] = Field(description="the CloudEvent as sent")
+    event: dict[str, Any] = Field(description="the CloudEvent as stored (personal data sealed); to a caller without "
+                                              "customers:read its personal values read [withheld]")
     attempts: list[AttemptOut] = Field(description="every attempt, oldest first")
 
 
@@ -198,16 +208,39 @@ def _missing(subscription_id: str) -> HTTPException:
     return HTTPException(404, f"no webhook subscription {subscription_id!r}")
 
 
-@router.post("", status_code=201, response_model=SubscriptionCreated, responses={422: {"model": Problem}})
-def create_subscription(body: SubscriptionIn, writer: WriterDep, caller: FeedManager) -> dict[str, Any]:
+def _may_read_personal_data(caller) -> bool:
+    return caller.allows(CUSTOMERS_READ)
+
+
+def _refuse_personal_data(caller) -> HTTPException:
+    return HTTPException(403, f"API key {caller.key.prefix} lacks the scope {CUSTOMERS_READ}: only a caller that may "
+                              "read customers may send their personal data to a webhook (personal_data: true)")
+
+
+def _check_url(url: str, settings) -> None:
+    """The URL's host must be, and resolve to, a public address (``services/webhooks/addresses.py``)."""
+    try:
+        addresses.check_url(url, names(settings.webhooks_allowed_hosts))
+    except addresses.AddressRefused as exc:
+        raise HTTPException(400, f"url: {exc}") from None
+
+
+@router.post("", status_code=201, response_model=SubscriptionCreated,
+             responses={400: {"model": Problem}, 403: {"model": Problem}, 422: {"model": Problem}})
+def create_subscription(body: SubscriptionIn, writer: WriterDep, settings: SettingsDep,
+                        caller: FeedManager) -> dict[str, Any]:
     """Subscribe an endpoint to the change feed. The answer carries the signing secret, once."""
+    personal = _may_read_personal_data(caller) if body.personal_data is None else body.personal_data
+    if personal and not _may_read_personal_data(caller):
+        raise _refuse_personal_data(caller)
+    _check_url(body.url, settings)
     with writer.transaction() as cur:
         created = store.create_subscription(cur, url=body.url, event_types=body.event_types, segments=body.segments,
                                             description=body.description, enabled=body.enabled,
-                                            purpose=body.purpose)
+                                            purpose=body.purpose, personal_data=personal)
         audit.record(cur, caller, "webhook.create", created["id"], {
             "url": body.url, "event_types": body.event_types, "segments": body.segments, "enabled": body.enabled,
-            "purpose": body.purpose})
+            "purpose": body.purpose, "personal_data": personal})
         return created
 
 
@@ -227,15 +260,27 @@ def get_subscription(subscription_id: str, db: DatabaseDep) -> dict[str, Any]:
     return found
 
 
-@router.patch("/{subscription_id}", response_model=SubscriptionOut, responses={**NOT_FOUND, 400: {"model": Problem}})
-def update_subscription(subscription_id: str, body: SubscriptionPatch, writer: WriterDep,
+@router.patch("/{subscription_id}", response_model=SubscriptionOut,
+               responses={**NOT_FOUND, 400: {"model": Problem}, 403: {"model": Problem}})
+def update_subscription(subscription_id: str, body: SubscriptionPatch, writer: WriterDep, settings: SettingsDep,
                         caller: FeedManager) -> dict[str, Any]:
-    """Change the URL, filters, description, or enable or disable the subscription."""
+    """Change the URL, filters, personal data, description, or enable or disable the subscription."""
     changes = body.model_dump(include=body.model_fields_set)
     if not changes:
-        raise HTTPException(400, "nothing to change: give url, event_types, segments, purpose, description or "
-                                 "enabled")
+        raise HTTPException(400, "nothing to change: give url, event_types, segments, purpose, personal_data, "
+                                 "description or enabled")
+    if "personal_data" in changes and changes["personal_data"] is None:
+        raise HTTPException(400, "personal_data: true or false, not null")
+    if "url" in changes:
+        _check_url(changes["url"], settings)
     with writer.transaction() as cur:
+        current = store.get_subscription(cur, subscription_id)
+        if current is None:
+            raise _missing(subscription_id)
+        # a caller who may not read personal data may neither turn it on nor send it elsewhere
+        carries = changes.get("personal_data", current["personal_data"])
+        if carries and not _may_read_personal_data(caller) and (changes.get("personal_data") or "url" in changes):
+            raise _refuse_personal_data(caller)
         updated = store.update_subscription(cur, subscription_id, changes)
         if updated is not None:
             audit.record(cur, caller, "webhook.update", subscription_id, {"changes": changes})
@@ -293,13 +338,21 @@ def list_deliveries(
 
 
 @router.get("/{subscription_id}/deliveries/{delivery_id}", response_model=DeliveryDetail, responses=NOT_FOUND)
-def get_delivery(subscription_id: str, delivery_id: int, db: DatabaseDep) -> dict[str, Any]:
-    """One delivery: the event sent and every attempt (time, HTTP status, error, duration)."""
+def get_delivery(subscription_id: str, delivery_id: int, db: DatabaseDep, writer: WriterDep,
+                 caller: FeedManager) -> dict[str, Any]:
+    """One delivery: the event sent and every attempt (time, HTTP status, error, duration). The
+    event's personal values read ``[withheld]`` unless the caller may read customers (audited)."""
     with db.cursor() as cur:
         found = store.get_delivery(cur, subscription_id, delivery_id)
     if found is None:
         raise HTTPException(404, f"no delivery {delivery_id} of webhook subscription {subscription_id!r}")
-    return {**found, "event": orjson.loads(found.pop("body"))}
+    event = orjson.loads(found.pop("body"))
+    if not _may_read_personal_data(caller):
+        return {**found, "event": without_personal_data(event)}
+    with writer.transaction() as cur:  # a read of a customer's data like GET /v1/customers/{id}
+        audit.record(cur, caller, "webhook.delivery_read", found["customer_id"],
+                     {"subscription_id": subscription_id, "delivery_id": delivery_id})
+    return {**found, "event": event}
 
 
 @router.post("/{subscription_id}/deliveries/{delivery_id}/retry", status_code=202, response_model=DeliveryOut,

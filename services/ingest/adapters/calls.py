@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
 from services.common.apikeys import EVENTS_WRITE
-from services.common.auth import Caller, require
+from services.common.auth import Caller, require_secret
 from services.common.settings import Settings
 from services.ingest.adapters._calls_map import (GenericCall, Mapped, Refused, connect_events, generic_event,
                                                  twilio_events, twilio_signature_valid)
@@ -30,7 +30,7 @@ TWILIO_PATH = "/v1/hooks/twilio/voice"
 OPEN_ROUTES = frozenset({f"POST {TWILIO_PATH}"})
 """Twilio cannot send an API key: its requests are authenticated by their signature."""
 
-Writer = Annotated[Caller, Depends(require(EVENTS_WRITE))]
+Writer = Annotated[Caller, Depends(require_secret(EVENTS_WRITE))]  # servers only: 403 for a publishable key
 ADAPTER = "calls"
 MAX_FORM_BYTES = 64 * 1024  # a Twilio callback is a few hundred bytes
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'

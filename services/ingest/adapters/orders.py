@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from services.common.apikeys import EVENTS_WRITE
-from services.common.auth import Caller, require
+from services.common.auth import Caller, require_secret
 from services.common.settings import Settings
 from services.ingest.adapters._orders_map import (GenericOrder, Mapped, generic_event, shopify_events,
                                                   signature_ok, woo_source, woocommerce_events)
@@ -146,7 +146,8 @@ def install(app: FastAPI, intake: Intake, settings: Settings) -> None:
                                               "with its reasons)"},
                          413: {"description": "the request is over the size limit"},
                          422: {"description": "a field of the form is missing or wrong; nothing accepted"}})
-    async def generic(request: Request, caller: Annotated[Caller, Depends(require(EVENTS_WRITE))]) -> Response:
+    async def generic(request: Request,
+                      caller: Annotated[Caller, Depends(require_secret(EVENTS_WRITE))]) -> Response:
         body = await read_body(request, settings.max_batch_bytes)
         if body is None:
             return _refuse("orders", 413, f"request body is over the limit of {settings.max_batch_bytes} bytes")
