@@ -83,7 +83,7 @@ def test_a_webhook_carries_personal_data_only_for_a_creator_who_may_read_it(plat
     change = change_event(customer, 1, "profile.changed", "2026-11-01T10:00:00Z",
                           {"changed": {"email": {"from": None, "to": f"li-{unique}@example.com"},
                                        "consent:marketing:email": {"from": None, "to": True}}}, state)
-    produce(platform.stack.kafka_bootstrap, [change])
+    produce(platform, [change])
     (to_lesser,) = wait_for(lambda: receiver.at("/feed"), 30, "the delivery without personal data")
     (to_full,) = wait_for(lambda: receiver.at("/full"), 30, "the delivery with personal data")
     for secret in (f"li-{unique}", "13912345678", "李娜", "徐汇区", "1990-05-01", "海尔"):
@@ -134,7 +134,7 @@ def test_webhooks_never_reach_loopback_private_or_metadata_addresses(platform, r
                                             description="rebound", enabled=True, personal_data=False)
     conn.close()
     platform.webhooks(CRM_WEBHOOKS_ALLOWED_HOSTS="", **FAST)
-    produce(platform.stack.kafka_bootstrap, [change_event(f"c_{unique}", 1, "value.changed", "2026-11-01T10:00:00Z",
+    produce(platform, [change_event(f"c_{unique}", 1, "value.changed", "2026-11-01T10:00:00Z",
                                                           {"changed": ["orders"]}, snapshot(f"c_{unique}", 1, []))])
 
     def attempted():

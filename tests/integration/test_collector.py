@@ -109,7 +109,7 @@ def test_cloudevents_http_binary_structured_and_batched_modes_are_accepted(platf
                   content=orjson.dumps(batch))
     assert r.status_code == 202 and r.json()["accepted"] == [f"{unique}-12", f"{unique}-13"], r.text
     for n in (10, 11, 12, 13):
-        [record] = records_with_id(platform.stack.kafka_bootstrap, f"{unique}-{n}")
+        [record] = records_with_id(platform, f"{unique}-{n}")
         assert orjson.loads(record.value)["type"] == "call.ended"
 
 
@@ -124,7 +124,7 @@ def test_cloudevents_modes_name_the_attribute_that_is_wrong_and_other_media_type
     assert r.status_code == 400 and r.json()["rejected"][0]["errors"][0]["field"] == "time"
     r = http.post(f"{url}/v1/events", content=orjson.dumps(call(unique, 22)), headers={"content-type": "text/plain"})
     assert r.status_code == 415 and "text/plain" in r.json()["error"]
-    assert records_with_id(platform.stack.kafka_bootstrap, f"{unique}-22") == []
+    assert records_with_id(platform, f"{unique}-22") == []
 
 
 def test_health_says_kafka_is_connected_while_it_acknowledges(platform, unique):

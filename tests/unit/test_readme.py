@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-import orjson
+
 
 from events import http_binding
 from events.envelope import validate
