@@ -855,9 +855,9 @@ def read_model_differences(dsn: str, touchpoints: Iterable[Touchpoint], *, as_of
         # the evaluation that last changed it (an evaluation finding nothing new keeps the snapshot)
         cur.execute("SELECT customer_id, live, snapshot, as_of FROM customer_state WHERE customer_id = ANY(%s)",
                     (cids,))
-        states = {cid: snapshot for cid, is_live, snapshot, _ in cur.fetchall() if is_live and snapshot}
-        cur.execute("SELECT customer_id, as_of FROM customer_state WHERE customer_id = ANY(%s)", (cids,))
-        evaluated = dict(cur.fetchall())
+        found = cur.fetchall()
+        states = {cid: snapshot for cid, is_live, snapshot, _ in found if is_live and snapshot}
+        evaluated = {cid: at for cid, _, _, at in found if at is not None}
         rows = []
         if indicators and oracle.events:
             start = minute_of(min(tp.time for tp in oracle.events.values()))

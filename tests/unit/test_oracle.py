@@ -527,12 +527,15 @@ class FakeDatabase:
             self.rows = [r for r in self.tables["identity_identifier"] if r[0] in wanted]
         elif sql.startswith("SELECT alias, survivor FROM customer_view_alias"):
             self.rows = [r for r in self.tables["customer_view_alias"] if r[0] in wanted]
+        elif sql.startswith("SELECT customer_id FROM customer_view "):
+            self.rows = [(r[0],) for r in self.tables["customer_view"] if r[0] in wanted]
         elif sql.startswith("SELECT customer_id, state FROM customer_view"):
             self.rows = [r for r in self.tables["customer_view"] if r[0] in wanted]
         elif sql.startswith("SELECT customer_id, event_key FROM customer_timeline"):
             self.rows = [(c, k) for k, c in self.tables["customer_timeline"] if c in wanted]
-        elif sql.startswith("SELECT customer_id, live, snapshot FROM customer_state"):
-            self.rows = [r for r in self.tables["customer_state"] if r[0] in wanted]
+        elif sql.startswith("SELECT customer_id, live, snapshot, as_of FROM customer_state"):
+            # as_of None: the snapshot's own time is when it was evaluated
+            self.rows = [(*r, None) for r in self.tables["customer_state"] if r[0] in wanted]
         elif "FROM indicator_minute" in sql:
             start, end = params
             self.rows = [r for r in self.tables["indicator_minute"] if start <= r[2] < end]
