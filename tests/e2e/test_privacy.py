@@ -112,7 +112,9 @@ def files_holding(root: Path, needles: list[str]) -> str:
     """grep every file under ``root`` (binary too) for any of ``needles``; the names of those that hold one."""
     args = ["grep", "-rlaF"] + [a for n in sorted(set(needles)) for a in ("-e", n)] + [str(root)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert done.returncode in (0, 1), done.stderr
+    # the broker deletes other tests' topics in the background: a file gone while grep walks is no error
+    vanished = all("No such file or directory" in line for line in done.stderr.splitlines())
+    assert done.returncode in (0, 1) or (done.returncode == 2 and vanished), done.stderr
     return done.stdout.strip()
 
 
