@@ -60,11 +60,12 @@ class VaultSealer:
 class KafkaSink:
     def __init__(self, bootstrap: str, *, sealer: VaultSealer | None = None, allow_unsealed: bool = False,
                  topic: str = TOUCHPOINTS, default_region: str = "CN", ack_timeout_s: float = 30.0,
-                 **producer_config: Any):
+                 blocked: frozenset[str] | None = None, **producer_config: Any):
         if sealer is None and not allow_unsealed:
             raise ValueError("give a sealer (VaultSealer.from_settings()), or allow_unsealed=True to write personal "
                              "data to the log in clear")
         self.sealer, self.topic, self.default_region = sealer, topic, default_region
+        self.blocked = blocked  # placeholder values refused as identifiers (default: the platform's default list)
         self.ack_timeout_s = ack_timeout_s
         self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5,
                                       batch_size=256 * 1024, client_id="crm-sdk", **producer_config)
@@ -80,7 +81,7 @@ class KafkaSink:
         seen: set[tuple[str, str]] = set()
         for index, item in enumerate(events):
             try:
-                tp = validate(item, received_at=received, default_region=self.default_region)
+                tp = validate(item, received_at=received, default_region=self.default_region, blocked=self.blocked)
             except InvalidEvent as exc:
                 result.rejected.append({"index": index, "id": item.get("id") if isinstance(item, dict) else None,
                                         "reason": exc.kind, "errors": [e.as_dict() for e in exc.errors]})

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from events import pii
-from events.identifiers import Identifier, InvalidIdentifier, normalize
+from events.identifiers import BlockedIdentifier, Identifier, InvalidIdentifier, normalize
 from events.touchpoints import EVENT_TYPES, EventType, TouchpointData
 
 _EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
@@ -114,6 +114,8 @@ class Touchpoint:
     subject: str | None = None
     extensions: dict[str, Any] = field(default_factory=dict)
     invalid_identifiers: tuple[FieldError, ...] = ()
+    blocked_identifiers: tuple[Identifier, ...] = ()
+    """Identity fields refused as placeholder values (kind and value as given, trimmed)."""
     sealed: tuple[tuple[tuple, str], ...] = ()
     """Encrypted tokens of a sealed event with their paths in ``data`` (the model holds placeholders)."""
 
@@ -240,32 +242,38 @@ def _field_value(data: TouchpointData, path: str) -> Any:
     return value
 
 
-def _normalize(kind: str, raw: object, default_region: str, pseudonyms: bool = False) -> Identifier:
+def _normalize(kind: str, raw: object, default_region: str, pseudonyms: bool = False,
+               blocked: frozenset[str] | None = None) -> Identifier:
     """``normalize``, refusing also an identifier with white space inside: customer events carry
     their identifier keys space separated (``events.customer_events``), so such a value would
     come apart into several identifiers no one sent. With ``pseudonyms`` (a sealed event, read by
     the processors) a pseudonym is an identifier as it stands."""
     if pseudonyms and isinstance(raw, str) and pii.PSEUDONYM.match(raw):
         return Identifier(kind, raw)
-    ident = normalize(kind, raw, default_region)
+    ident = normalize(kind, raw, default_region, blocked)
     if any(c.isspace() for c in ident.value):
         raise InvalidIdentifier(f"{kind} {raw!r} has white space inside, which no identifier may hold")
     return ident
 
 
-def extract_identifiers(event_type: EventType, data: TouchpointData, default_region: str, pseudonyms: bool = False
+def extract_identifiers(event_type: EventType, data: TouchpointData, default_region: str, pseudonyms: bool = False,
+                        blocked: frozenset[str] | None = None, refused: list[Identifier] | None = None
                         ) -> tuple[tuple[Identifier, ...], tuple[FieldError, ...]]:
-    """The event's normalized identifiers (primary first, no duplicates) and the invalid ones."""
+    """The event's normalized identifiers (primary first, no duplicates) and the invalid ones;
+    ``refused`` (when given) collects the placeholder values refused (``blocked``)."""
     found: list[Identifier] = []
     invalid: list[FieldError] = []
+    refused = [] if refused is None else refused
     for kind, path in event_type.identity_fields:
         raw = _field_value(data, path)
         if raw is None:
             continue
         try:
-            ident = _normalize(kind, raw, default_region, pseudonyms)
+            ident = _normalize(kind, raw, default_region, pseudonyms, blocked)
         except InvalidIdentifier as exc:
             invalid.append(FieldError(_wire_name(data, path), str(exc)))
+            if isinstance(exc, BlockedIdentifier) and exc.value:
+                refused.append(Identifier(exc.kind, exc.value))
             continue
         if ident not in found:
             found.append(ident)
@@ -277,9 +285,11 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
     if refs:
         for i, ref in enumerate(refs):
             try:
-                ident = _normalize(ref.kind, ref.value, default_region, pseudonyms)
+                ident = _normalize(ref.kind, ref.value, default_region, pseudonyms, blocked)
             except InvalidIdentifier as exc:
                 invalid.append(FieldError(f"data.identifiers.{i}", str(exc)))
+                if isinstance(exc, BlockedIdentifier) and exc.value:
+                    refused.append(Identifier(exc.kind, exc.value))
                 continue
             if ident not in found:
                 found.append(ident)
@@ -287,7 +297,7 @@ def extract_identifiers(event_type: EventType, data: TouchpointData, default_reg
 
 
 def validate(raw: Any, *, received_at: datetime, default_region: str = "CN", sealed: bool = False,
-             require_specversion: bool = False) -> Touchpoint:
+             require_specversion: bool = False, blocked: frozenset[str] | None = None) -> Touchpoint:
     """Validate one raw structured CloudEvent (a decoded JSON object) into a Touchpoint.
 
     ``time`` defaults to ``received_at``; when the sender gives ``sentat`` (its own clock at
@@ -297,6 +307,8 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN", sea
     encrypted token stands for a valid value of its field. ``require_specversion``: the event came
     in a CloudEvents mode (a CloudEvents media type or ``ce-`` headers), where ``specversion`` is
     REQUIRED; the collector's plain ``application/json`` form and the processors let it default to 1.0.
+    ``blocked``: the placeholder values refused as identifiers (``CRM_IDENTITY_BLOCKED``; default
+    ``events.identifiers.BLOCKED_VALUES``).
     """
     if not isinstance(raw, dict):
         raise InvalidEvent("schema_violation", [FieldError("", "an event must be a JSON object")])
@@ -356,7 +368,8 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN", sea
     ext.pop("channel", None)  # the channel is the declared one of the type
     ext.pop("customerid", None)  # resolved by the platform, never trusted from a sender
 
-    identifiers, invalid = extract_identifiers(event_type, data, default_region, sealed)
+    refused: list[Identifier] = []
+    identifiers, invalid = extract_identifiers(event_type, data, default_region, sealed, blocked, refused)
     if event_type.name in ("identity.linked", "identity.unlinked") and len(identifiers) < 2:
         verb = "link" if event_type.name == "identity.linked" else "unlink"
         raise InvalidEvent("schema_violation", [*invalid, FieldError(
@@ -368,5 +381,6 @@ def validate(raw: Any, *, received_at: datetime, default_region: str = "CN", sea
     return Touchpoint(
         id=envelope.id, source=envelope.source, type=envelope.type, time=time.astimezone(timezone.utc),
         data=data, channel=event_type.channel, identifiers=identifiers, subject=envelope.subject,
-        extensions=ext, invalid_identifiers=invalid, sealed=tokens,
+        extensions=ext, invalid_identifiers=invalid, blocked_identifiers=tuple(dict.fromkeys(refused)),
+        sealed=tokens,
     )

@@ -31,6 +31,23 @@ class InvalidIdentifier(ValueError):
     """An identifier value that cannot be normalized; the message says why."""
 
 
+BLOCKED_MESSAGE = "is a blocked placeholder value"
+
+
+class BlockedIdentifier(InvalidIdentifier):
+    """A placeholder value (``null``, ``test@test.com``...) refused so it cannot fuse strangers. Such
+    a value is no one's personal data: it is kept as given (trimmed) to explain the refusal."""
+
+    def __init__(self, kind: str, value: str):
+        super().__init__(f"{kind} {value!r} {BLOCKED_MESSAGE}")
+        self.kind, self.value = kind, value
+
+
+def blocked_values(values) -> frozenset[str]:
+    """A configured list of placeholder values, compared trimmed and case-insensitively."""
+    return frozenset(str(v).strip().lower() for v in values) | {""}  # an empty value is never an identifier
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class Identifier:
     kind: str
@@ -49,13 +66,16 @@ class Identifier:
         return cls(kind, value)
 
 
-def normalize(kind: str, raw: object, default_region: str = "CN") -> Identifier:
-    """Normalize one raw identifier value, or raise InvalidIdentifier saying why."""
+def normalize(kind: str, raw: object, default_region: str = "CN", blocked: frozenset[str] | None = None
+              ) -> Identifier:
+    """Normalize one raw identifier value, or raise InvalidIdentifier saying why (BlockedIdentifier
+    for a placeholder value: one of ``blocked``, by default BLOCKED_VALUES, or a phone number of one
+    repeated digit)."""
     if not isinstance(raw, str):
         raise InvalidIdentifier(f"{kind} must be a string")
     value = raw.strip()
-    if value.lower() in BLOCKED_VALUES:
-        raise InvalidIdentifier(f"{kind} {value!r} is a blocked placeholder value")
+    if value.lower() in (BLOCKED_VALUES if blocked is None else blocked):
+        raise BlockedIdentifier(kind, value)
     if kind == "email":
         value = value.lower()
         if len(value) > 254 or not _EMAIL.match(value):
@@ -69,7 +89,7 @@ def normalize(kind: str, raw: object, default_region: str = "CN") -> Identifier:
         if not phonenumbers.is_valid_number(number):
             raise InvalidIdentifier(f"phone {raw!r} is not a valid number (default region {default_region})")
         if _BLOCKED_PHONE_DIGITS.match(str(number.national_number)):
-            raise InvalidIdentifier(f"phone {raw!r} is a blocked placeholder value")
+            raise BlockedIdentifier("phone", value)
         return Identifier("phone", phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
     if kind in ("account_id", "anonymous_id"):
         if len(value) > 200:

@@ -296,6 +296,7 @@ class IdentityRef(BaseModel):
 class IdentityLinked(TouchpointData):
     identifiers: list[IdentityRef] = Field(min_length=2, max_length=10)
     reason: Str200 = "explicit link"
+    operator: Str200 | None = None
 
 
 class IdentityUnlinked(TouchpointData):

@@ -37,6 +37,10 @@ LINKED_RULE = "explicit identity.linked"
 SHARED_RULE = "identifiers shared on one event"
 UNLINKED_RULE = "explicit identity.unlinked"
 REANCHOR_RULE = "earlier first contact re-anchors the customer"
+BLOCKED_RULE = "refused: blocked placeholder value"
+MANUAL_RULE = "manual merge by {operator}: {reason}"
+MANUAL_MERGE_SOURCE = "urn:crm:api:merge"
+"""The source of the ``identity.linked`` events the query API publishes for an operator's merge."""
 
 
 def customer_id_for(anchor_key: str) -> str:
@@ -90,6 +94,7 @@ class Evidence:
     time: datetime
     identifiers: tuple[str, ...]
     unlink: bool = False
+    note: str = ""   # the rule a link made by hand names instead (MANUAL_RULE); it never changes the outcome
 
     def order(self) -> tuple[datetime, str]:
         return (self.time, self.event_key)
@@ -218,6 +223,33 @@ def resolve_evidence(evidence: Iterable[Evidence], limits: Mapping[str, int] | N
     return Partition(customer_of, event_customer, anchors, first_seen, links)
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A link the resolver refused: ``identifier`` stayed off the customer of ``home`` (the
+    identifier the event stayed with), by ``rule``."""
+
+    event_key: str
+    event_id: str
+    type: str
+    time: datetime
+    identifier: str
+    home: str
+    rule: str
+
+
+def refusals(partition: Partition, evidence: Iterable[Evidence]) -> list[Refusal]:
+    """The links ``partition`` refused, each with its event and the identifier the event stayed
+    with, in the resolver's order."""
+    by_event = {ev.event_key: ev for ev in evidence}
+    out = []
+    for link in partition.links:
+        if not link.accepted:
+            ev = by_event[link.event_key]
+            out.append(Refusal(ev.event_key, ev.event_id, ev.type, ev.time, link.identifier, home(ev.identifiers),
+                               link.rule))
+    return out
+
+
 # --- what changed: merges and splits, explained ----------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -284,8 +316,8 @@ def _explain_merge(source: str, target: str, keys: set[str], joined: set[str], e
         ids = set(ev.identifiers)
         if ids & keys and ids - keys and ids & joined - keys and any((ev.event_key, k) in accepted for k in ids):
             return Change("merged", target, source, tuple(sorted(keys)), ev.event_key, ev.event_id,
-                          sorted(ids & keys)[0], LINKED_RULE if ev.type == "identity.linked" else SHARED_RULE,
-                          ev.time)
+                          sorted(ids & keys)[0],
+                          ev.note or (LINKED_RULE if ev.type == "identity.linked" else SHARED_RULE), ev.time)
     anchor = after.anchors[target]
     return Change("merged", target, source, tuple(sorted(keys)), cause.event_key, cause.event_id, anchor.key,
                   REANCHOR_RULE, cause.time)

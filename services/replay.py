@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 REBUILD_SCHEMA = "crm_rebuild"
 
-IDENTITY_TABLES = ("identity_identifier", "identity_customer", "identity_state", "identity_link", "identity_change")
+IDENTITY_TABLES = ("identity_identifier", "identity_customer", "identity_state", "identity_link", "identity_change",
+                   "identity_refusal")
 VIEW_TABLES = ("customer_view", "customer_view_identifier", "customer_view_alias", "customer_view_search",
                "customer_timeline", "customer_view_change", "indicator_minute", "indicator_hour", "indicator_thread",
                "customer_state")
@@ -75,6 +76,7 @@ scope reads them from the log (``view``)."""
 
 VOLATILE = {"updated_at", "created_at", "recorded_at", "archived_at", "merged_at", "applied_at"}
 ORDERING = {"identity_identifier": {"component", "version"}, "identity_link": {"component"},
+            "identity_refusal": {"component"},
             "identity_customer": {"merged_into"}, "customer_view_identifier": {"version"},
             "customer_state": {"version", "snapshot", "as_of", "next_review_at"}, "indicator_thread": {"state"},
             # what a guard refused when the event was resolved: an event sent twice may be resolved
@@ -136,7 +138,8 @@ def _stages(cfg: Settings, scope: Scope):
 
     # the live vault: a rebuild skips what erasures shredded, and seals its search terms the same way
     vault = vault_from_settings(cfg)
-    identity = IdentityStage(cfg.default_region, cfg.identity_limits, archive=False, vault=vault)
+    identity = IdentityStage(cfg.default_region, cfg.identity_limits, archive=False, vault=vault,
+                             blocked=cfg.blocked)
     state = StateProjection(load_rules(cfg.customer_state_rules or None))
     view = ViewStage(IndicatorProjection(Calendar.from_config(cfg.business_hours), cfg.indicator_max_lateness_s,
                                          alerts.rules(cfg.indicator_alerts)), state, vault)

@@ -170,9 +170,44 @@ class UnmergeOut(BaseModel):
     unlinked: list[str] = Field(description="the two identifiers declared different people")
 
 
+class MergeIn(RequestBody):
+    """Merge two customers an operator knows to be one person."""
+
+    with_: str = Field(alias="with", min_length=1, max_length=100,
+                       description="the other customer id (an alias answers for its survivor)")
+    reason: str = Field(min_length=1, max_length=200)
+    operator: str | None = Field(None, max_length=200, description="who decided it, for the audit trail "
+                                                                   "(default: the API key's name)")
+
+
+class MergeOut(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    customer_id: str = Field(description="the customer asked about")
+    merged_with: str = Field(description="the other customer")
+    event_id: str = Field(description="id of the identity.linked touchpoint published for it")
+    source: str
+    linked: list[str] = Field(description="the two identifiers (each customer's anchor) declared one person")
+
+
+class Refusal(BaseModel):
+    event_id: str = Field(description="the touchpoint whose link was refused")
+    type: str = Field(description="its event type")
+    event_time: datetime
+    identifier: str = Field(description="the identifier refused (kind:value; a pseudonym when the collector "
+                                        "sealed it, a blocked placeholder value as given)")
+    stayed_with: str = Field(description="the identifier the touchpoint stayed with (its home)")
+    rule: str = Field(description="refused: at most N kind per customer | refused: explicitly unlinked | "
+                                  "refused: blocked placeholder value")
+    customer_id: str | None = Field(description="the customer the touchpoint stayed with")
+    other_customer_id: str | None = Field(description="the customer of the refused identifier (none for a "
+                                                      "blocked value)")
+
+
 class Merges(BaseModel):
     customer_id: str
     items: list[Merge]
+    refusals: list[Refusal] = Field(default_factory=list,
+                                    description="links refused on this customer's side or the other's, oldest first")
 
 
 class TimelineItem(BaseModel):

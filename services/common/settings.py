@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic import SecretStr, model_validator  # security: Kafka and PostgreSQL transport
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from events.identifiers import BLOCKED_VALUES, blocked_values
 
 
 class Settings(BaseSettings):
@@ -61,6 +62,17 @@ class Settings(BaseSettings):
         default_factory=lambda: {"account_id": 1, "email": 5, "phone": 5, "anonymous_id": 100},
         description="most identifiers of a kind on one customer, as JSON "
                     "(CRM_IDENTITY_LIMITS='{\"email\": 3}'); kinds not given keep their default")
+
+    identity_blocked: list[str] = Field(
+        default_factory=lambda: sorted(BLOCKED_VALUES),
+        description="placeholder values never taken as identifiers (trimmed, case-insensitive), as a JSON list "
+                    "(CRM_IDENTITY_BLOCKED='[\"null\", \"test@test.com\"]'); replaces the default list. Phone "
+                    "numbers of one repeated digit are always refused")
+
+    @property
+    def blocked(self) -> frozenset[str]:
+        """``identity_blocked`` as ``events.identifiers.normalize`` takes it."""
+        return blocked_values(self.identity_blocked)
 
     # personal data: envelope encryption under the master key (services/common/vault.py)
     master_key: SecretStr | None = Field(None, description="base64 of 32 random bytes (CRM_MASTER_KEY); wraps every "

@@ -103,8 +103,10 @@ class Vault:
     """Pseudonyms, keys and tokens. Database work happens on the cursor the caller passes (its
     transaction); keys are cached for ``cache_s`` seconds and dropped when a shred is announced."""
 
-    def __init__(self, master_key: bytes, *, cache_s: float = 30.0, default_region: str = "CN"):
+    def __init__(self, master_key: bytes, *, cache_s: float = 30.0, default_region: str = "CN",
+                 blocked: frozenset[str] | None = None):
         self.default_region = default_region  # as the collector normalizes phone numbers
+        self.blocked = blocked  # and refuses placeholder values (CRM_IDENTITY_BLOCKED)
         self._kek = AESGCM(_derive(master_key, b"subject key wrapping"))
         self._index_key = _derive(master_key, b"identifier blind index")
         self._search_key = _derive(master_key, b"search terms")
@@ -226,7 +228,7 @@ class Vault:
     def _pseudonymize_fields(self, tp: Touchpoint, data: dict, names: dict[str, str], primary: Subject) -> None:
         """Each identity field: its pseudonym when it normalized to one of the event's identifiers,
         else (an identifier that failed validation) a token."""
-        from events.identifiers import InvalidIdentifier, normalize
+        from events.identifiers import Identifier, InvalidIdentifier, normalize
 
         for path, kind in pii.identity_paths(tp, data):
             try:
@@ -235,8 +237,10 @@ class Vault:
                 continue
             if not isinstance(raw, str) or raw.startswith("enc1."):
                 continue
+            if Identifier(kind, raw.strip()) in tp.blocked_identifiers:
+                continue  # a placeholder (null, test@test.com...) is no one's data: kept to explain its refusal
             try:
-                value = normalize(kind, raw, self.default_region).key
+                value = normalize(kind, raw, self.default_region, self.blocked).key
             except InvalidIdentifier:
                 value = None
             pii.set_path(data, path, names[value] if value in names else self.encrypt(primary, raw))
@@ -415,4 +419,5 @@ def from_settings(settings) -> Vault:
     if not secret and not path:  # the demo's key (deploy/services.sh makes it), if there is one
         demo = Path(settings.home) / "keys" / "master.key"
         path = str(demo) if demo.exists() else None
-    return Vault(load_master_key(secret, path), cache_s=settings.vault_cache_s, default_region=settings.default_region)
+    return Vault(load_master_key(secret, path), cache_s=settings.vault_cache_s, default_region=settings.default_region,
+                 blocked=settings.blocked)

@@ -105,6 +105,7 @@ class Intake:
                  on_status: Callable[[int], None] = lambda status: None):
         self.settings, self.publisher, self.vault, self.guard = settings, publisher, vault, guard
         self.on_status = on_status
+        self.blocked = settings.blocked  # CRM_IDENTITY_BLOCKED, read once
         self.vault_pool = TransactionPool(settings.pg_dsn, maxconn=4, application_name="crm-ingest-vault")
 
     def _seal_all(self, tps: list) -> list[tuple[bytes, bytes]]:
@@ -155,7 +156,7 @@ class Intake:
                 continue
             try:
                 tp = validate(item, received_at=received_at, default_region=settings.default_region,
-                              require_specversion=cloudevents)
+                              require_specversion=cloudevents, blocked=self.blocked)
             except InvalidEvent as exc:
                 rejected.append({"index": index, "id": item_id, "reason": exc.kind,
                                  "errors": [e.as_dict() for e in exc.errors]})

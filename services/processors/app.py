@@ -141,7 +141,8 @@ def build_app(settings: Settings, stages: Iterable[str] = ("identity", "view")) 
     vault.listen(settings.pg_dsn)
     for name in stages:
         if name == "identity":
-            stage = IdentityStage(settings.default_region, settings.identity_limits, vault=vault)
+            stage = IdentityStage(settings.default_region, settings.identity_limits, vault=vault,
+                                  blocked=settings.blocked)
         else:
             state = StateProjection(load_rules(settings.customer_state_rules or None))
             stage = ViewStage(IndicatorProjection(Calendar.from_config(settings.business_hours),

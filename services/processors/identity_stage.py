@@ -28,8 +28,8 @@ from events.customer_events import IDENTIFIED, MERGED, UNMERGED, IdentityMarker,
 from events.envelope import InvalidEvent, Touchpoint, validate
 from events.pii import PSEUDONYM
 from events.kafka_binding import decode, structured_headers
-from projections.identity import (Cause, Change, Evidence, changes, event_home, kind_of, link_key,
-                                  resolve_evidence)
+from projections.identity import (BLOCKED_RULE, MANUAL_MERGE_SOURCE, MANUAL_RULE, Cause, Change, Evidence,
+                                  Refusal, changes, event_home, kind_of, link_key, refusals, resolve_evidence)
 from prometheus_client import Counter
 
 from services.common.db import lock_id, execute_values
@@ -67,7 +67,11 @@ def _facts(tp: Touchpoint) -> _Facts:
     keys = tuple(i.key for i in tp.identifiers)
     unlink = tp.type == "identity.unlinked"
     if unlink or len(keys) > 1:
-        evidence = Evidence(tp.key, tp.id, tp.type, tp.time, keys, unlink)
+        note = ""
+        if tp.type == "identity.linked" and tp.source == MANUAL_MERGE_SOURCE:
+            note = MANUAL_RULE.format(operator=getattr(tp.data, "operator", None) or "an operator",
+                                      reason=tp.data.reason)
+        evidence = Evidence(tp.key, tp.id, tp.type, tp.time, keys, unlink, note)
         return _Facts(tp, keys, event_home(tp.type, keys), evidence, link_key(keys, unlink))
     return _Facts(tp, keys, keys[0], None, None)
 
@@ -84,8 +88,9 @@ class IdentityStage:
     topic = TOUCHPOINTS
 
     def __init__(self, default_region: str, limits: dict[str, int] | None = None, *, archive: bool = True,
-                 vault: Vault | None = None):
+                 vault: Vault | None = None, blocked: frozenset[str] | None = None):
         self.default_region = default_region
+        self.blocked = blocked  # placeholder values refused as identifiers (CRM_IDENTITY_BLOCKED)
         self.limits = dict(limits or {})
         self.archive = archive  # a rebuild (``crm replay``) reads the archive; it does not write it
         self.vault = vault  # the subjects' keys: erasure shreds them; events of shredded subjects are skipped
@@ -94,7 +99,8 @@ class IdentityStage:
         """The validated touchpoint, or the dead-letter record saying why not."""
         try:
             raw = decode(record.value, record.headers)
-            return validate(raw, received_at=record.timestamp, default_region=self.default_region, sealed=True)
+            return validate(raw, received_at=record.timestamp, default_region=self.default_region, sealed=True,
+                            blocked=self.blocked)
         except InvalidEvent as exc:
             return deadletter(record, stage=self.name, kind=exc.kind, reason=str(exc),
                               errors=[e.as_dict() for e in exc.errors])
@@ -147,6 +153,7 @@ class IdentityStage:
             version, markers = self._resolve(cur, version, known, first, earlier, new_statements, owner)
 
         erased = self._erase(cur, facts, owner)
+        self._blocked(cur, facts, owner, erased)
         # resolved events keep their touchpoint's receive time (the Kafka timestamp), so lateness is
         # measured from when the platform received an event, however long processing took; a rebuild
         # sees the same times
@@ -174,6 +181,17 @@ class IdentityStage:
             outputs.append(Output(CUSTOMER_EVENTS, m.customer_id.encode(), orjson.dumps(m.to_cloudevent()), HEADERS,
                                   received))
         return outputs + events
+
+    @staticmethod
+    def _blocked(cur, facts: list[_Facts], owner: dict[str, str], erased: dict[str, int]) -> None:
+        """Explain the placeholder values refused on the batch's events (one row per event and value;
+        an event read twice says the same again)."""
+        rows = sorted({(f.tp.key, f.tp.id, f.tp.time, f.tp.type, ident.key, f.home, BLOCKED_RULE)
+                       for f in facts if owner[f.home] not in erased for ident in f.tp.blocked_identifiers})
+        if rows:
+            execute_values(cur, """INSERT INTO identity_refusal (event_key, event_id, event_time, type, identifier,
+                                                                home, rule) VALUES %s ON CONFLICT DO NOTHING""",
+                           rows)
 
     def _unerased(self, cur, facts: list[_Facts], accepted: list) -> tuple[list[_Facts], list]:
         """Leave out events naming a pseudonym whose subject is gone: erased, with every key it had.
@@ -204,6 +222,7 @@ class IdentityStage:
             shredded = self.vault.shred(cur, subjects) if self.vault is not None else 0
             cur.execute("DELETE FROM identity_identifier WHERE customer_id = %s", (cid,))
             cur.execute("DELETE FROM identity_link WHERE identifiers && %s", (keys,))
+            cur.execute("DELETE FROM identity_refusal WHERE identifier = ANY(%s) OR home = ANY(%s)", (keys, keys))
             cur.execute("DELETE FROM identity_change WHERE target = %s OR source = %s OR identifiers && %s",
                         (cid, cid, keys))
             cur.execute("DELETE FROM identity_customer WHERE customer_id = %s OR merged_into = %s", (cid, cid))
@@ -243,10 +262,10 @@ class IdentityStage:
         stored.update({k: v for k, v in known.items() if k in dirty})
         links: dict[str, tuple[int, Evidence]] = {}
         if labels:
-            cur.execute("""SELECT link_key, component, event_key, event_id, type, event_time, identifiers, unlink
+            cur.execute("""SELECT link_key, component, event_key, event_id, type, event_time, identifiers, unlink, note
                            FROM identity_link WHERE component = ANY(%s)""", (labels,))
-            for lk, comp, ek, eid, typ, t, ids, unlink in cur.fetchall():
-                links[lk] = (comp, Evidence(ek, eid, typ, t, tuple(ids), unlink))
+            for lk, comp, ek, eid, typ, t, ids, unlink, note in cur.fetchall():
+                links[lk] = (comp, Evidence(ek, eid, typ, t, tuple(ids), unlink, note))
 
         # join the components by the new evidence: nodes are stored components and new identifiers
         parent: dict[str, str] = {}
@@ -285,17 +304,19 @@ class IdentityStage:
             spare = [r[0] for r in cur.fetchall()]
 
         identifier_rows, relabel, link_rows, all_changes, anchors = [], [], [], [], {}
+        refused: dict[int, list[Refusal]] = {}  # component -> the links its resolution refuses now
         moved: dict[str, str] = {}
         for g in groups.values():
             label = min(g["labels"]) if g["labels"] else spare.pop()
             relabel += [(old, label) for old in g["labels"] if old != label]
             keys = g["keys"]
             evidence = list(g["evidence"].values())
-            link_rows += [(lk, list(ev.identifiers), ev.unlink, ev.time, ev.event_key, ev.event_id, ev.type, label)
-                          for lk, ev in g["new"].items()]
+            link_rows += [(lk, list(ev.identifiers), ev.unlink, ev.time, ev.event_key, ev.event_id, ev.type, label,
+                           ev.note) for lk, ev in g["new"].items()]
             seen = {k: min(stored[k].first_seen, first[k].time) if k in stored and k in first
                     else stored[k].first_seen if k in stored else first[k].time for k in keys}
             partition = resolve_evidence(evidence, self.limits, seen)
+            refused[label] = refusals(partition, evidence)
             # name an event that lowered a first sighting, else any event of the batch in the group
             lowered = [first[k] for k in keys if k in earlier] or [first[k] for k in keys if k in first]
             cause = min(lowered, key=lambda c: (c.time, c.event_key))
@@ -314,13 +335,13 @@ class IdentityStage:
         if moved:
             version += 1
             cur.execute("UPDATE identity_state SET version = %s", (version,))
-        self._write(cur, version, identifier_rows, relabel, link_rows, anchors, all_changes)
+        self._write(cur, version, identifier_rows, relabel, link_rows, anchors, all_changes, refused)
         return version, self._markers(cur, version, all_changes, moved, first)
 
     @staticmethod
-    def _write(cur, version, identifier_rows, relabel, link_rows, anchors, all_changes) -> None:
+    def _write(cur, version, identifier_rows, relabel, link_rows, anchors, all_changes, refused) -> None:
         if relabel:
-            for table in ("identity_identifier", "identity_link"):
+            for table in ("identity_identifier", "identity_link", "identity_refusal"):
                 execute_values(cur, f"""UPDATE {table} t SET component = r.new FROM (VALUES %s) AS r(old, new)
                                         WHERE t.component = r.old""", relabel)
         if identifier_rows:
@@ -334,10 +355,22 @@ class IdentityStage:
                 page_size=1000)
         if link_rows:
             execute_values(cur, """
-                INSERT INTO identity_link (link_key, identifiers, unlink, event_time, event_key, event_id, type, component)
+                INSERT INTO identity_link (link_key, identifiers, unlink, event_time, event_key, event_id, type, component,
+                                           note)
                 VALUES %s ON CONFLICT (link_key) DO UPDATE SET event_time = EXCLUDED.event_time,
                     event_key = EXCLUDED.event_key, event_id = EXCLUDED.event_id, type = EXCLUDED.type,
-                    component = EXCLUDED.component""", sorted(link_rows), page_size=1000)
+                    component = EXCLUDED.component, note = EXCLUDED.note""", sorted(link_rows), page_size=1000)
+        if refused:  # each resolved component's refusals, as its resolution has them now
+            cur.execute("DELETE FROM identity_refusal WHERE component = ANY(%s)", (sorted(refused),))
+            rows = sorted({(r.event_key, r.identifier): (r.event_key, r.event_id, r.time, r.type, r.identifier, r.home,
+                                                          r.rule, label)
+                           for label, found in refused.items() for r in found}.values())
+            if rows:
+                execute_values(cur, """
+                    INSERT INTO identity_refusal (event_key, event_id, event_time, type, identifier, home, rule,
+                                                  component)
+                    VALUES %s ON CONFLICT (event_key, identifier) DO UPDATE SET home = EXCLUDED.home,
+                        rule = EXCLUDED.rule, component = EXCLUDED.component""", rows, page_size=1000)
         if anchors:
             execute_values(cur, """
                 INSERT INTO identity_customer (customer_id, anchor_time, anchor_key) VALUES %s

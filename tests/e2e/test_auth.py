@@ -33,6 +33,7 @@ API_EXPECTED = {
     ("GET", "/v1/customers/{customer_id}/timeline"): CUSTOMERS_READ,
     ("GET", "/v1/customers/{customer_id}/state"): CUSTOMERS_READ,
     ("POST", "/v1/customers/{customer_id}/unmerge"): ADMIN,
+    ("POST", "/v1/customers/{customer_id}/merge"): ADMIN,
     ("POST", "/v1/customers/{customer_id}/erasure"): ADMIN,
     ("GET", "/v1/customers/{customer_id}/export"): ADMIN,
     ("GET", "/v1/segments"): CUSTOMERS_READ, ("GET", "/v1/lifecycle"): CUSTOMERS_READ,

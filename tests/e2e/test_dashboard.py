@@ -163,7 +163,8 @@ def test_the_dashboard_in_a_browser_shows_numbers_moving_and_finds_a_customer(ru
     email = f"dash-{unique}@example.com"
     http.post(f"{collector}/v1/events", json=[
         {"id": f"{unique}-p", "source": "urn:crm", "type": "profile.updated", "time": now_iso(),
-         "data": {"email": email, "name": f"王芳 Wang{unique}", "company": "Acme"}},
+         "data": {"email": email, "name": f"王芳 Wang{unique}", "company": "Acme",
+                  "account_id": "guest"}},  # a placeholder: refused, and explained on the customer page
         survey(unique, 0, 5, email)]).raise_for_status()
     expected = wait_for(lambda: http.get(f"{api}/v1/customers", params={"email": email}).json()["items"], 60,
                         "the customer")[0]["customer_id"]
@@ -210,6 +211,8 @@ def test_the_dashboard_in_a_browser_shows_numbers_moving_and_finds_a_customer(ru
         assert f"Wang{unique}" in text(driver, "#c-name")
         assert email in text(driver, "#c-identities")
         wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#c-timeline tr")) >= 5, 30, "the timeline")
+        refusals = text(driver, "#c-refusals")
+        assert "account_id:guest" in refusals and "blocked placeholder value" in refusals and f"{unique}-p" in refusals
         # a name search finds the same customer
         box = driver.find_element(By.ID, "search-input")
         box.clear()
@@ -222,6 +225,7 @@ def test_the_dashboard_in_a_browser_shows_numbers_moving_and_finds_a_customer(ru
         # Simplified Chinese, then signing out
         driver.find_element(By.CSS_SELECTOR, "header .lang-toggle").click()
         assert driver.title == "CRM 运营看板" and text(driver, "nav button[data-tab='customers']") == "客户查询"
+        wait_for(lambda: "被屏蔽的占位值" in text(driver, "#c-refusals"), 30, "the refusal in Chinese")
         driver.find_element(By.ID, "signout").click()
         wait_for(lambda: driver.find_element(By.ID, "signin").is_displayed(), 20, "the sign-in form again")
         status = driver.execute_script("return fetch('/v1/ops/pipeline').then(r => r.status)")

@@ -789,6 +789,8 @@ def test_request_bodies_holding_nul_are_refused_by_field(fuzzed, http, customer)
     r = http.post(f"{fuzzed.api}/v1/customers/{quoted(customer)}/unmerge",
                   json={"identifier": {"kind": "email", "value": email}, "reason": "x", "operator": "o\x00"})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body.operator", r.text  # was a 500
+    r = http.post(f"{fuzzed.api}/v1/customers/{quoted(customer)}/merge", json={"with": "a\x00", "reason": "x"})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body.with", r.text
 
 
 # -- schemathesis: every operation of both OpenAPI documents ------------------------------------------

@@ -20,10 +20,10 @@ from events.kafka_binding import structured_headers
 from events.touchpoints import EVENT_TYPES
 from events.feed import LIFECYCLE_STAGES
 from projections import customer_view
-from projections.identity import Evidence, resolve_evidence
+from projections.identity import MANUAL_MERGE_SOURCE, MANUAL_RULE, Evidence, resolve_evidence
 from services.api.deps import DatabaseDep, PublisherDep, SettingsDep, refuse_time_out_of_range, state_rules
-from services.api.schemas import (CustomerList, CustomerOut, Merge, Merges, Problem, Timeline, TimelineItem,
-                                  UnmergeIn, UnmergeOut)
+from services.api.schemas import (CustomerList, CustomerOut, Merge, MergeIn, MergeOut, Merges, Problem, Refusal,
+                                  Timeline, TimelineItem, UnmergeIn, UnmergeOut)
 from services.common.publisher import KafkaUnavailable
 from services.api.routes.privacy import VaultDep, pseudonym_keys
 from services.common.vault import Vault
@@ -221,7 +221,7 @@ def find_customers(
     idents = []
     for kind, raw in given.items():
         try:
-            idents.append(normalize(kind, raw, settings.default_region))
+            idents.append(normalize(kind, raw, settings.default_region, settings.blocked))
         except InvalidIdentifier as exc:
             raise HTTPException(400, f"{kind}: {exc}") from None
     # the read models know identifiers by their pseudonyms; an event a trusted producer wrote straight
@@ -340,7 +340,8 @@ def get_customer(
 @router.get("/{customer_id}/merges", response_model=Merges, responses=NOT_FOUND)
 def get_merges(customer_id: str, db: DatabaseDep) -> Merges:
     """Every merge and split that shaped this customer: which touchpoint, identifier and rule
-    moved which identifiers between which customer ids, oldest first."""
+    moved which identifiers between which customer ids, oldest first; and every link refused on
+    either side (``refusals``): which touchpoint, which identifier, which rule."""
     with db.cursor() as cur:
         survivor = _resolve(cur, customer_id)
         if survivor is None:
@@ -355,7 +356,22 @@ def get_merges(customer_id: str, db: DatabaseDep) -> Merges:
         items = [Merge(seq=r[0], kind=r[1], survivor=r[2], alias=r[3], identifiers=r[4], event_id=r[5],
                        identifier=r[6], rule=r[7], event_time=r[8], version=r[9], current=r[10])
                  for r in cur.fetchall()]
-    return Merges(customer_id=survivor, items=items)
+        refused = _refusals_of(cur, survivor)
+    return Merges(customer_id=survivor, items=items, refusals=refused)
+
+
+def _refusals_of(cur, customer_id: str) -> list[Refusal]:
+    """The refused links that name an identifier of this customer, on the side the event stayed
+    with or on the side refused, with the customer of each side as the view knows it now."""
+    cur.execute("""SELECT r.event_id, r.type, r.event_time, r.identifier, r.home, r.rule, h.customer_id, o.customer_id
+                   FROM identity_refusal r
+                   LEFT JOIN customer_view_identifier h ON h.key = r.home
+                   LEFT JOIN customer_view_identifier o ON o.key = r.identifier
+                   WHERE r.home IN (SELECT key FROM customer_view_identifier WHERE customer_id = %s)
+                      OR r.identifier IN (SELECT key FROM customer_view_identifier WHERE customer_id = %s)
+                   ORDER BY r.event_time, r.event_key, r.identifier""", (customer_id, customer_id))
+    return [Refusal(event_id=r[0], type=r[1], event_time=r[2], identifier=r[3], stayed_with=r[4], rule=r[5],
+                    customer_id=r[6], other_customer_id=r[7]) for r in cur.fetchall()]
 
 
 def _encode_cursor(time: datetime, key: str) -> str:
@@ -438,7 +454,7 @@ async def unmerge(customer_id: str, body: UnmergeIn, db: DatabaseDep, settings: 
     view re-folds the events of each side. Nothing is deleted; the split shows in ``/merges``."""
     if body.identifier is not None:
         try:
-            named = normalize(body.identifier.kind, body.identifier.value, settings.default_region)
+            named = normalize(body.identifier.kind, body.identifier.value, settings.default_region, settings.blocked)
         except InvalidIdentifier as exc:
             raise HTTPException(400, f"identifier: {exc}") from None
     named_key = None
@@ -501,3 +517,77 @@ def _unlink_pair(db, customer_id: str, alias: str | None, identifier: str | None
                                          "split off the other side instead (by its alias or one of its identifiers)")
             other = identifier
     return survivor, (anchor, other)
+
+
+MERGE_SOURCE = MANUAL_MERGE_SOURCE
+
+
+@router.post("/{customer_id}/merge", status_code=202, response_model=MergeOut,
+             responses={**NOT_FOUND, 409: {"model": Problem}, 503: {"model": Problem}})
+async def merge(customer_id: str, body: MergeIn, db: DatabaseDep, settings: SettingsDep,
+                publisher: PublisherDep, caller: Admin, writer: WriterDep) -> MergeOut:
+    """Merge two customers an operator knows to be one person. Publishes an ``identity.linked``
+    touchpoint naming each customer's anchor (source ``urn:crm:api:merge``, with the reason and the
+    operator); the identity stage merges them like any link, the feed announces ``customer.merged``
+    and ``/merges`` explains it with the rule "manual merge by <operator>: <reason>". The merge obeys
+    the identity guards: when the per-kind limits (``CRM_IDENTITY_LIMITS``) or an earlier unlink
+    would refuse it, the answer is 409 naming the rule, and nothing is published. Undo it with
+    ``POST /v1/customers/{id}/unmerge``."""
+    operator = body.operator or caller.key.name
+    survivor, other, pair = await run_in_threadpool(_link_pair, db, customer_id, body.with_, settings.identity_limits)
+    raw = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": MERGE_SOURCE, "type": "identity.linked",
+           "time": datetime.now(timezone.utc).isoformat(), "subject": survivor,
+           "data": {"identifiers": [{"kind": k.partition(":")[0], "value": k.partition(":")[2]} for k in pair],
+                    "reason": body.reason, "operator": operator}}
+    try:
+        tp = validate(raw, received_at=datetime.now(timezone.utc), default_region=settings.default_region,
+                      sealed=True, blocked=settings.blocked)  # it names identifiers by their pseudonyms
+    except InvalidEvent as exc:
+        raise HTTPException(400, f"the merge is not a valid identity.linked event: {exc}") from None
+    try:
+        await publisher.send_all([(TOUCHPOINTS, tp.primary_identifier.key.encode(), tp.to_json(),
+                                   list(structured_headers()))])
+    except KafkaUnavailable as exc:
+        raise HTTPException(503, f"the merge could not be published: {exc}", headers={"Retry-After": "5"}) from None
+    log.info("merge requested", extra={"customer_id": survivor, "with": other, "linked": pair, "event_id": tp.id,
+                                       "operator": operator})
+    await run_in_threadpool(audit.record, writer, caller, "customer.merge", survivor,
+                            {"with": other, "event_id": tp.id})  # the reason and operator are on that event
+    return MergeOut(customer_id=survivor, merged_with=other, event_id=tp.id, source=MERGE_SOURCE, linked=list(pair))
+
+
+def _link_pair(db, customer_id: str, other_id: str, limits: dict[str, int]) -> tuple[str, str, tuple[str, str]]:
+    """The two live customers and their anchors, once the identity guards are known to accept the
+    link: its evidence is resolved again with the link added now (as the identity stage will)."""
+    with db.cursor() as cur:
+        survivor, other = _resolve(cur, customer_id), _resolve(cur, other_id)
+        if survivor is None or other is None:
+            missing = customer_id if survivor is None else other_id
+            raise HTTPException(404, f"no customer {missing!r}")
+        if survivor == other:
+            raise HTTPException(409, f"{customer_id!r} and {other_id!r} are one customer already ({survivor!r})")
+        cur.execute("""SELECT c.customer_id, c.anchor_key, i.component FROM identity_customer c
+                       JOIN identity_identifier i ON i.key = c.anchor_key WHERE c.customer_id = ANY(%s)""",
+                    ([survivor, other],))
+        found = {cid: (anchor, component) for cid, anchor, component in cur.fetchall()}
+        if survivor not in found or other not in found:
+            missing = survivor if survivor not in found else other
+            raise HTTPException(409, f"customer {missing!r} is not in the identity graph yet; retry shortly")
+        pair = (found[survivor][0], found[other][0])
+        components = sorted({found[survivor][1], found[other][1]})
+        cur.execute("SELECT key, first_seen FROM identity_identifier WHERE component = ANY(%s)", (components,))
+        seen = dict(cur.fetchall())
+        cur.execute("""SELECT event_key, event_id, type, event_time, identifiers, unlink FROM identity_link
+                       WHERE component = ANY(%s)""", (components,))
+        evidence = [Evidence(k, i, t, at, tuple(ids), u) for k, i, t, at, ids, u in cur.fetchall()]
+    now = datetime.now(timezone.utc)
+    if evidence:
+        now = max(now, max(ev.time for ev in evidence))
+    probe = Evidence("\uffff manual merge", "", "identity.linked", now, pair)
+    then = resolve_evidence([*evidence, probe], limits, seen)
+    refused = [link for link in then.links if link.event_key == probe.event_key and not link.accepted]
+    if refused:
+        raise HTTPException(409, f"the identity guards refuse to merge {survivor!r} and {other!r}: "
+                                 f"{refused[0].rule} (CRM_IDENTITY_LIMITS; an unmerge declares the two different "
+                                 "people for good)")
+    return survivor, other, pair

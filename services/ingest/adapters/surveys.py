@@ -468,7 +468,8 @@ def install(app: FastAPI, intake: Intake, settings: Settings) -> None:
                                    language=req.language, expires_at=math.ceil(now + days * 86400))
             event = sent_event(link, now)
             try:  # said here, in the request's own terms, rather than as the intake's rejection
-                validate(event, received_at=received, default_region=settings.default_region)
+                validate(event, received_at=received, default_region=settings.default_region,
+                         blocked=settings.blocked)
             except InvalidEvent as exc:
                 errors += [{**({} if single else {"index": index}),
                             "field": re.sub(r"^data\.(email|phone|account_id)$", r"customer.\1", e.field),
