@@ -20,7 +20,7 @@ from events.kafka_binding import structured_headers
 from events.touchpoints import EVENT_TYPES
 from events.feed import LIFECYCLE_STAGES
 from projections import customer_view
-from projections.identity import MANUAL_MERGE_SOURCE, MANUAL_RULE, Evidence, resolve_evidence
+from projections.identity import MANUAL_MERGE_SOURCE, Evidence, resolve_evidence
 from services.api.deps import DatabaseDep, PublisherDep, SettingsDep, refuse_time_out_of_range, state_rules
 from services.api.schemas import (CustomerList, CustomerOut, Merge, MergeIn, MergeOut, Merges, Problem, Refusal,
                                   Timeline, TimelineItem, UnmergeIn, UnmergeOut)
