@@ -153,17 +153,20 @@ class Sender(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        started = time.monotonic()
+        next_at = time.monotonic()
         try:
             with http.Client(timeout=60) as client:
                 for lo in range(0, len(self.events), self.batch):
                     if self._halt.is_set():
                         break
+                    chunk = self.events[lo:lo + self.batch]
                     if self.rate:
-                        ahead = started + lo / self.rate - time.monotonic()
+                        # paced from the last request, never catching up after an outage: a burst
+                        # would finish the stream before the faults scheduled later in it
+                        ahead = next_at - time.monotonic()
                         if ahead > 0:
                             self._halt.wait(ahead)
-                    chunk = self.events[lo:lo + self.batch]
+                        next_at = max(next_at, time.monotonic()) + len(chunk) / self.rate
                     self.sent += len(chunk)
                     self._deliver(client, chunk)
         except BaseException as exc:  # reported by the run, never lost in the thread
@@ -263,15 +266,21 @@ class Chaos:
         """A worker in the middle of a batch (its /metrics says so); fails if none is within ``timeout_s``
         (the fault would not test what it claims to)."""
         def busy() -> Service | None:
-            return next((worker for worker in self.workers if batches_in_flight(worker) > 0), None)
+            found = next((worker for worker in self.workers if batches_in_flight(worker) > 0), None)
+            if found is None and not self.sender.is_alive() and self.applied() >= len(self.sender.accepted):
+                raise AssertionError("every event was applied before the fault: make the stream longer or slower")
+            return found
         return wait_for(busy, timeout_s, "a worker in the middle of a batch", interval=0.005), True
 
     def _request_in_flight(self, timeout_s: float = 60) -> bool:
         """Wait until the collector holds a request of the sender that waits for Kafka (its
         ``crm_ingest_requests_waiting_for_kafka`` gauge says so); fail if that never happens."""
         url = f"http://127.0.0.1:{self.port}"
-        return wait_for(lambda: self.sender.in_flight.is_set() and waiting_for_kafka(url) >= 1, timeout_s,
-                        "a request of the sender waiting for Kafka in the collector", interval=0.002)
+        def held() -> bool:
+            if not self.sender.is_alive():
+                raise AssertionError("the sender finished before the fault: make the stream longer or slower")
+            return self.sender.in_flight.is_set() and waiting_for_kafka(url) >= 1
+        return wait_for(held, timeout_s, "a request of the sender waiting for Kafka in the collector", interval=0.002)
 
     def applied(self) -> int:
         """Accepted events in the timeline (the exactly-once guard: one row per event)."""
