@@ -4,7 +4,8 @@ faust supplies the consumer group, batching (``take_events``) and the producer. 
 trusted with positions: its offset tracker can commit past in-flight messages and duplicate on
 rebalance (faust-streaming issues 606, 316, 517, 323). After faust seeks a newly assigned
 partition to its committed offset, we seek it again to the offset stored in PostgreSQL with the
-read model, so processing always resumes exactly where the last committed transaction ended.
+read model (or to its start when none is stored), so processing always resumes exactly where the
+last committed transaction ended.
 """
 from __future__ import annotations
 
@@ -80,8 +81,11 @@ class PositionedApp(faust.App):
                 continue
             stored = await self._load_positions(topic, loader)
             for tp in tps:
-                if tp.partition in stored:
-                    await consumer.seek(tp, stored[tp.partition])
+                # no stored position: nothing of this partition was ever applied, so it is read from
+                # its start. Never faust's committed offset: a worker that took a batch and lost the
+                # partition in a rebalance before committing to PostgreSQL may have had faust commit
+                # past it, and the batch would be skipped by the next owner
+                await consumer.seek(tp, stored.get(tp.partition, 0))
             log.info("partitions positioned from PostgreSQL", extra={
                 "topic": topic, "positions": {tp.partition: stored.get(tp.partition) for tp in sorted(tps)}})
 
