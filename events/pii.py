@@ -39,6 +39,8 @@ PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "web.identified": ("traits",),
     "call.ended": ("notes",),
     "order.refunded": ("reason",),
+    "order.cancelled": ("reason",),
+    "order.return_requested": ("reason",),
     "survey.answered": ("comment",),
     "ticket.opened": _TEXT,
     "ticket.replied": ("body_text",),

@@ -32,6 +32,8 @@ API_EXPECTED = {
     ("GET", "/v1/customers/{customer_id}/merges"): CUSTOMERS_READ,
     ("GET", "/v1/customers/{customer_id}/timeline"): CUSTOMERS_READ,
     ("GET", "/v1/customers/{customer_id}/state"): CUSTOMERS_READ,
+    ("GET", "/v1/customers/{customer_id}/orders"): CUSTOMERS_READ,
+    ("GET", "/v1/orders/{order_id}"): CUSTOMERS_READ,
     ("POST", "/v1/customers/{customer_id}/unmerge"): ADMIN,
     ("POST", "/v1/customers/{customer_id}/merge"): ADMIN,
     ("POST", "/v1/customers/{customer_id}/erasure"): ADMIN,

@@ -395,3 +395,25 @@ def test_woocommerce_route_answers_the_ping_and_checks_signatures():
     assert [len(r) for r in intake.received] == [2]
     unconfigured, _ = client()
     assert unconfigured.post("/v1/hooks/woocommerce", content=b"webhook_id=42").status_code == 404
+
+
+def test_generic_form_takes_every_status_of_the_chain():
+    who = {"phone": "13912345678"}
+    sent = [m.generic_event(m.GenericOrder.model_validate({"order_id": "YZ-9", "customer": who, **extra}))
+            for extra in (
+                {"status": "shipped", "carrier": "SF Express", "tracking_number": "SF1",
+                 "promised_at": "2026-11-13T18:00:00+08:00"},
+                {"status": "delivered", "at": "2026-11-14T10:00:00+08:00"},
+                {"status": "cancelled", "reason": "changed my mind"},
+                {"status": "return_requested", "reason": "door does not close"},
+                {"status": "returned", "carrier": "SF Express", "tracking_number": "SF2"},
+                {"status": "installation_scheduled", "scheduled_for": "2026-11-15T09:00:00+08:00",
+                 "installer": "Haier service Qingdao"},
+                {"status": "installation_completed"})]
+    assert [e["type"] for e in sent] == ["order.shipped", "order.delivered", "order.cancelled",
+                                         "order.return_requested", "order.returned",
+                                         "order.installation_scheduled", "order.installation_completed"]
+    assert sent[0]["data"]["promised_at"] == "2026-11-13T18:00:00+08:00" and sent[0]["data"]["carrier"] == "SF Express"
+    assert sent[2]["data"]["reason"] == "changed my mind" and sent[2]["id"] == "shop:YZ-9:cancelled"
+    assert sent[5]["data"]["scheduled_for"] == "2026-11-15T09:00:00+08:00"
+    valid(sent)

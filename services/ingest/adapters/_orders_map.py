@@ -464,7 +464,8 @@ class GenericOrder(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     order_id: Str200 = Field(min_length=1)
-    status: Literal["placed", "paid", "shipped", "refunded"]
+    status: Literal["placed", "paid", "shipped", "delivered", "cancelled", "return_requested", "returned",
+                    "refunded", "installation_scheduled", "installation_completed"]
     customer: GenericCustomer
     currency: Currency = "CNY"
     items: list[LineItem] = Field(default_factory=list, max_length=MAX_ITEMS)
@@ -474,6 +475,9 @@ class GenericOrder(BaseModel):
     carrier: Str200 | None = None
     tracking_number: Str200 | None = None
     reason: Str200 | None = None
+    promised_at: AwareDatetime | None = Field(None, description="shipped, delivered: delivery promised by")
+    scheduled_for: AwareDatetime | None = Field(None, description="installation_scheduled: the appointment")
+    installer: Str200 | None = None
     at: AwareDatetime | None = Field(None, description="when it happened (RFC 3339 with an offset); "
                                                        "default: when received")
     source: str = Field("shop", pattern=r"^[A-Za-z0-9._-]{1,100}$",
@@ -504,8 +508,18 @@ def generic_event(order: GenericOrder) -> dict[str, Any]:
                     total=str(order.total) if order.total is not None else None)
     elif order.status == "paid":
         data.update(amount=str(order.amount if order.amount is not None else order.total), method=order.method)
-    elif order.status == "shipped":
+    elif order.status in ("shipped", "delivered"):
+        data.update(carrier=order.carrier, tracking_number=order.tracking_number,
+                    promised_at=order.promised_at.isoformat() if order.promised_at else None)
+    elif order.status == "returned":
         data.update(carrier=order.carrier, tracking_number=order.tracking_number)
+    elif order.status in ("cancelled", "return_requested"):
+        data.update(reason=order.reason)
+    elif order.status == "installation_scheduled":
+        data.update(scheduled_for=order.scheduled_for.isoformat() if order.scheduled_for else None,
+                    installer=order.installer)
+    elif order.status == "installation_completed":
+        data.update(installer=order.installer)
     else:
         data.update(amount=str(order.amount), reason=order.reason)
     event_id = f"{order.source}:{order.order_id}:{order.event_id or order.status}"
