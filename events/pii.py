@@ -40,6 +40,7 @@ PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "call.ended": ("notes",),
     "order.refunded": ("reason",),
     "order.cancelled": ("reason",),
+    "fax.received": ("document.filename",),
     "order.return_requested": ("reason",),
     "survey.answered": ("comment",),
     "ticket.opened": _TEXT,

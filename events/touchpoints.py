@@ -215,6 +215,20 @@ class OrderInstallationCompleted(OrderData):
     installer: Str200 | None = None
 
 
+# --- fax ---------------------------------------------------------------------------------------
+
+class FaxReceived(TouchpointData):
+    """An inbound fax, from a fax-to-mail gateway's mail or a gateway's webhook. The document is
+    recorded by name, type, size and pages only (never its content)."""
+
+    fax_id: Str200 = Field(description="the gateway's id of the fax (or the mail's Message-ID)")
+    from_number: Str200 = Field(description="the sender's fax number (the customer's phone identity)")
+    to_number: Str200 | None = Field(None, description="the company's fax number it reached")
+    pages: int | None = Field(None, ge=0, le=100_000)
+    document: Attachment | None = Field(None, description="the received document: name, type and size")
+    gateway: Str200 | None = Field(None, description="which gateway delivered it, e.g. hylafax")
+
+
 # --- surveys and tickets -----------------------------------------------------------------------
 
 class SurveySent(TouchpointData):
@@ -396,6 +410,7 @@ EVENT_TYPES: dict[str, EventType] = {t.name: t for t in (
     _t("order.returned", OrderReturned, "shop"),
     _t("order.installation_scheduled", OrderInstallationScheduled, "shop"),
     _t("order.installation_completed", OrderInstallationCompleted, "shop"),
+    _t("fax.received", FaxReceived, "fax", ("phone", "from_number")),
     _t("survey.sent", SurveySent, "survey"),
     _t("survey.answered", SurveyAnswered, "survey"),
     _t("ticket.opened", TicketOpened, "ticket"),

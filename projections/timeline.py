@@ -45,6 +45,7 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "order.returned": lambda d: f"Order {d.get('order_id')} returned",
     "order.installation_scheduled": lambda d: f"Order {d.get('order_id')}: installation scheduled",
     "order.installation_completed": lambda d: f"Order {d.get('order_id')}: installation completed",
+    "fax.received": lambda d: "Fax received" + (f", {d['pages']} page(s)" if d.get("pages") else ""),
     "survey.sent": lambda d: f"Survey {d.get('survey_id')} sent",
     "survey.answered": lambda d: "Survey answered: " + ", ".join(
         f"{k.upper()} {d[k]}" for k in ("csat", "nps") if d.get(k) is not None),

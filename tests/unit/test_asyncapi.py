@@ -202,6 +202,9 @@ def _more_touchpoints() -> list[dict]:
               ("returned", {"tracking_number": "SF2"}),
               ("installation_scheduled", {"scheduled_for": "2026-11-21T09:00:00+08:00"}),
               ("installation_completed", {}))),
+        {**base, "id": "f-1", "type": "fax.received",
+         "data": {"fax_id": "FX-1", "from_number": "+86 21 6666 8888", "pages": 2,
+                  "document": {"filename": "po.pdf", "content_type": "application/pdf", "size": 4000}}},
     ]
 
 
