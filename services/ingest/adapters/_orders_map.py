@@ -251,7 +251,31 @@ class ShopifyOrder:
         if not out.events:  # fulfilled, but the payload lists no fulfillment (Shopify's own sample)
             time = _first(self.order.get("updated_at"), self.order.get("processed_at"))
             out.events.append(_event(self.source, self._id("shipped"), "shipped", time, self._data()))
+        out.events += self.delivered().events
         return out
+
+    def delivered(self) -> Mapped:
+        """One ``order.delivered`` per fulfillment whose carrier reports it delivered
+        (``shipment_status``: Shopify updates it from the carrier's tracking)."""
+        out = Mapped()
+        for f in _list(self.order.get("fulfillments")):
+            if isinstance(f, dict) and f.get("shipment_status") == "delivered":
+                fid = _text(f.get("id"))
+                numbers = [n for n in (_text(x) for x in _list(f.get("tracking_numbers"))) if n]
+                data = self._data(carrier=_text(f.get("tracking_company")),
+                                  tracking_number=_first(f.get("tracking_number"), *numbers))
+                out.events.append(_event(self.source, self._id("delivered", fid) if fid else self._id("delivered"),
+                                         "delivered", _first(f.get("updated_at"), f.get("created_at")), data))
+        return out
+
+    def cancellation(self, *, topic: bool) -> Mapped:
+        """``order.cancelled`` when the order says it was (``cancelled_at``), or the topic does."""
+        at = _text(self.order.get("cancelled_at"))
+        if not at and not topic:
+            return Mapped()
+        time = at or _first(self.order.get("updated_at"), self.order.get("processed_at"))
+        return Mapped([_event(self.source, self._id("cancelled"), "cancelled", time,
+                              self._data(reason=_text(self.order.get("cancel_reason"))))])
 
     def refunds(self) -> Mapped:
         """One ``order.refunded`` per refund of the order that gave money back."""
@@ -265,10 +289,7 @@ class ShopifyOrder:
 
     def cancelled(self) -> Mapped:
         out = self.refunds()
-        if not out.events:
-            reason = _text(self.order.get("cancel_reason")) or "no reason given"
-            out.skipped.append(f"order {self.order_id} was cancelled ({reason}) without money refunded: "
-                               "nothing to record (its placement stays in the history)")
+        out.events = self.cancellation(topic=True).events + out.events
         return out
 
 
@@ -320,10 +341,13 @@ def shopify_events(topic: str, shop: str, payload: Any) -> Mapped:
         return order.shipped()
     if topic == "orders/cancelled":
         return order.cancelled()
-    out = order.refunds()  # orders/updated: its refunds are the only facts not sent by a topic of their own
+    # orders/updated: its refunds, a cancellation and carrier-confirmed deliveries are the facts not
+    # sent by a topic of their own
+    out = order.refunds()
+    out.events = order.cancellation(topic=False).events + out.events + order.delivered().events
     if not out.events and not out.skipped:
-        out.skipped.append(f"orders/updated of order {order.order_id}: no refund in it; placements, payments "
-                           "and shipments come from their own topics")
+        out.skipped.append(f"orders/updated of order {order.order_id}: no refund, cancellation or delivery in it; "
+                           "placements, payments and shipments come from their own topics")
     return out
 
 
@@ -431,6 +455,9 @@ def woocommerce_events(topic: str, host: str, payload: Any) -> Mapped:
     if status == "completed" or completed_at:
         out.events.append(_event(source, event_id("shipped"), "shipped",
                                  completed_at or _woo_time(payload.get("date_modified_gmt")), data()))
+    if status == "cancelled":
+        out.events.append(_event(source, event_id("cancelled"), "cancelled",
+                                 _woo_time(payload.get("date_modified_gmt")), data()))
     for refund in _list(payload.get("refunds")):
         refund = _obj(refund)
         refund_id, amount = _text(refund.get("id")), _money(refund.get("total"))
