@@ -10,7 +10,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 Str200 = Annotated[str, Field(max_length=200)]
 Text = Annotated[str, Field(max_length=16_000)]
@@ -181,6 +181,52 @@ class OrderRefunded(OrderData):
 class OrderShipped(OrderData):
     carrier: Str200 | None = None
     tracking_number: Str200 | None = None
+    promised_at: AwareDatetime | None = Field(None, description="when delivery was promised by (for the "
+                                                                "late-delivery indicator)")
+
+
+class OrderDelivered(OrderData):
+    carrier: Str200 | None = None
+    tracking_number: Str200 | None = None
+    promised_at: AwareDatetime | None = Field(None, description="when delivery was promised by")
+
+
+class OrderCancelled(OrderData):
+    reason: Str200 | None = Field(None, description="why (free text: personal, sealed)")
+
+
+class OrderReturnRequested(OrderData):
+    reason: Str200 | None = Field(None, description="why (free text: personal, sealed)")
+
+
+class OrderReturned(OrderData):
+    carrier: Str200 | None = None
+    tracking_number: Str200 | None = None
+
+
+class OrderInstallationScheduled(OrderData):
+    """An appliance's installation was booked."""
+
+    scheduled_for: AwareDatetime | None = Field(None, description="the appointment")
+    installer: Str200 | None = None
+
+
+class OrderInstallationCompleted(OrderData):
+    installer: Str200 | None = None
+
+
+# --- fax ---------------------------------------------------------------------------------------
+
+class FaxReceived(TouchpointData):
+    """An inbound fax, from a fax-to-mail gateway's mail or a gateway's webhook. The document is
+    recorded by name, type, size and pages only (never its content)."""
+
+    fax_id: Str200 = Field(description="the gateway's id of the fax (or the mail's Message-ID)")
+    from_number: Str200 = Field(description="the sender's fax number (the customer's phone identity)")
+    to_number: Str200 | None = Field(None, description="the company's fax number it reached")
+    pages: int | None = Field(None, ge=0, le=100_000)
+    document: Attachment | None = Field(None, description="the received document: name, type and size")
+    gateway: Str200 | None = Field(None, description="which gateway delivered it, e.g. hylafax")
 
 
 # --- surveys and tickets -----------------------------------------------------------------------
@@ -358,6 +404,13 @@ EVENT_TYPES: dict[str, EventType] = {t.name: t for t in (
     _t("order.paid", OrderPaid, "shop"),
     _t("order.refunded", OrderRefunded, "shop"),
     _t("order.shipped", OrderShipped, "shop"),
+    _t("order.delivered", OrderDelivered, "shop"),
+    _t("order.cancelled", OrderCancelled, "shop"),
+    _t("order.return_requested", OrderReturnRequested, "shop"),
+    _t("order.returned", OrderReturned, "shop"),
+    _t("order.installation_scheduled", OrderInstallationScheduled, "shop"),
+    _t("order.installation_completed", OrderInstallationCompleted, "shop"),
+    _t("fax.received", FaxReceived, "fax", ("phone", "from_number")),
     _t("survey.sent", SurveySent, "survey"),
     _t("survey.answered", SurveyAnswered, "survey"),
     _t("ticket.opened", TicketOpened, "ticket"),

@@ -24,6 +24,8 @@ View = dict[str, Any]
 CONTACT_TYPES = frozenset({
     "email.received", "email.sent", "call.started", "call.answered", "call.ended", "call.abandoned",
     "web.page_viewed", "web.session_started", "web.tracked", "order.placed", "order.paid", "order.refunded", "order.shipped",
+    "order.delivered", "order.cancelled", "order.return_requested", "order.returned",
+    "order.installation_scheduled", "order.installation_completed", "fax.received",
     "survey.answered", "ticket.opened", "ticket.replied", "ticket.resolved", "ticket.reopened",
 })
 """Touchpoint types that are a contact with the customer (profile, identity and consent events are not)."""

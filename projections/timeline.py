@@ -39,6 +39,13 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "order.paid": lambda d: f"Order {d.get('order_id')} paid: {_money(d, 'amount')}",
     "order.refunded": lambda d: f"Order {d.get('order_id')} refunded: {_money(d, 'amount')}",
     "order.shipped": lambda d: f"Order {d.get('order_id')} shipped",
+    "order.delivered": lambda d: f"Order {d.get('order_id')} delivered",
+    "order.cancelled": lambda d: f"Order {d.get('order_id')} cancelled",
+    "order.return_requested": lambda d: f"Order {d.get('order_id')}: return requested",
+    "order.returned": lambda d: f"Order {d.get('order_id')} returned",
+    "order.installation_scheduled": lambda d: f"Order {d.get('order_id')}: installation scheduled",
+    "order.installation_completed": lambda d: f"Order {d.get('order_id')}: installation completed",
+    "fax.received": lambda d: "Fax received" + (f", {d['pages']} page(s)" if d.get("pages") else ""),
     "survey.sent": lambda d: f"Survey {d.get('survey_id')} sent",
     "survey.answered": lambda d: "Survey answered: " + ", ".join(
         f"{k.upper()} {d[k]}" for k in ("csat", "nps") if d.get(k) is not None),

@@ -60,7 +60,7 @@ IDENTITY_TABLES = ("identity_identifier", "identity_customer", "identity_state",
                    "identity_refusal")
 VIEW_TABLES = ("customer_view", "customer_view_identifier", "customer_view_alias", "customer_view_search",
                "customer_timeline", "customer_view_change", "indicator_minute", "indicator_hour", "indicator_thread",
-               "customer_state")
+               "customer_state", "customer_order")
 KEPT_TABLES = ("schema_migrations", "processor_offsets", "feed_outbox", "indicator_alert", "event_archive",
                "replay_run", "deadletter_redrive", "webhook_subscription", "webhook_event", "webhook_delivery", "webhook_attempt",
                "privacy_subject", "privacy_erasure",

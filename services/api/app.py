@@ -20,7 +20,7 @@ from services.common.publisher import KafkaPublisher
 from services.common.kafka_security import KafkaSecurity
 from services.api.live import Hub
 from services.api.routes import customers, docs, indicators, ops, privacy, session, state, webhooks
-from services.api.routes import audit as audit_routes, keys as key_routes
+from services.api.routes import audit as audit_routes, keys as key_routes, orders as orders_routes
 from services.api.security import OPEN_ROUTES
 from services.common import auth
 from services.common.vault import from_settings as vault_from_settings
@@ -74,6 +74,7 @@ def create_app(settings: Settings, db: Database | None = None, publisher: KafkaP
     app.include_router(customers.router)
     app.include_router(indicators.router)
     app.include_router(state.router)
+    app.include_router(orders_routes.router)
     app.include_router(docs.router)
     app.include_router(webhooks.router)
     app.include_router(key_routes.router)

@@ -197,6 +197,8 @@ class Settings(BaseSettings):
     mail_capture_address: str = Field("crm-capture@shop.example.com",
                                       description="BCC this address (or relay through crm-mail) to capture "
                                                   "outbound mail as email.sent")
+    mail_fax_senders: str = Field("", description="addresses of fax-to-mail gateways, comma-separated: their "
+                                                  "mail with a PDF or TIFF attachment is fax.received")
     mail_max_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="largest message crm-mail accepts")
     mail_relay_host: str = Field("", description="smarthost (host or host:port) crm-mail forwards the company's "
                                                  "outbound mail to, after recording it; empty: no relaying")

@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
     handler = MailHandler(
         domains=settings.mail_domains.split(","), capture_address=settings.mail_capture_address,
         source=f"urn:crm:mail:{name}", max_event_bytes=settings.max_event_bytes,
-        relay=Relay.parse(settings.mail_relay_host),
+        relay=Relay.parse(settings.mail_relay_host), fax_senders=settings.mail_fax_senders.split(","),
         deliver=lambda events: asyncio.to_thread(client.send, events))
 
     @asynccontextmanager

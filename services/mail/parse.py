@@ -58,6 +58,9 @@ class Mailbox:
 
     envelope_from: str | None = None
     envelope_to: tuple[str, ...] = ()
+    fax_senders: tuple[str, ...] = ()
+    """Addresses of the fax-to-mail gateways (CRM_MAIL_FAX_SENDERS): their mail with a PDF or TIFF
+    attachment is a received fax."""
 
 
 # --- charsets -------------------------------------------------------------------------------------
@@ -425,6 +428,46 @@ def _fit(event: dict[str, Any], limit: int) -> dict[str, Any]:
     return event
 
 
+# --- faxes from a fax-to-mail gateway ---------------------------------------------------------------
+
+FAX_SUBJECT = re.compile(r"(?i)\b(?:facsimile|fax)\s+(?:received\s+)?from\s+(?P<sender>.+?)\s*$")
+"""HylaFAX's faxrcvd: "facsimile received from <TSI>"; many services: "Fax from <number>"."""
+FAX_DOCUMENT_TYPES = ("application/pdf", "image/tiff", "image/tif")
+_FAX_FIELD = re.compile(r"(?im)^\s*(Sender|CallID1|Pages|CommID|Received On)\s*:\s*(.+?)\s*$")
+_NUMBER = re.compile(r"^\+?[\d\s().-]{5,40}$")
+
+
+def _fax_number(text: str | None) -> str | None:
+    """A fax number as written (the identity layer normalizes it), or None for a station name."""
+    text = (text or "").strip()
+    return text if _NUMBER.match(text) and sum(c.isdigit() for c in text) >= 5 else None
+
+
+def _fax(sender: str, subject: str, body: str, attachments: list[dict[str, Any]], mailbox: Mailbox
+         ) -> dict[str, Any] | None:
+    """The ``fax.received`` data of a fax-to-mail gateway's message, or None when it is not one:
+    a faxrcvd-style subject or a configured gateway sender, and a PDF or TIFF attachment."""
+    match = FAX_SUBJECT.search(subject)
+    gateway_sender = sender.lower() in {a.strip().lower() for a in mailbox.fax_senders if a.strip()}
+    documents = [a for a in attachments if a.get("content_type", "").lower() in FAX_DOCUMENT_TYPES
+                 or (a.get("filename") or "").lower().endswith((".pdf", ".tif", ".tiff"))]
+    if not (match or gateway_sender) or not documents:
+        return None
+    fields: dict[str, str] = {}
+    for name, value in _FAX_FIELD.findall(body):
+        fields.setdefault(name.lower(), value)
+    number = (_fax_number(fields.get("callid1")) or _fax_number(fields.get("sender"))
+              or _fax_number(match.group("sender") if match else None))
+    if number is None:
+        return None
+    pages = fields.get("pages", "")
+    data: dict[str, Any] = {"from_number": number, "document": documents[0],
+                            "gateway": "hylafax" if "callid1" in fields or "commid" in fields else "fax-to-mail"}
+    if pages.isdigit():
+        data["pages"] = int(pages)
+    return data
+
+
 def to_events(raw: bytes, *, domains: Iterable[str], source: str, now: datetime,
               mailbox: Mailbox = Mailbox(), max_event_bytes: int = 32 * 1024) -> list[dict[str, Any]]:
     """The CloudEvent(s) of one message (one today: its direction decides the type).
@@ -494,6 +537,13 @@ def to_events(raw: bytes, *, domains: Iterable[str], source: str, now: datetime,
         "references": references,
         "attachments": collected.attachments[:MAX_ATTACHMENTS],
     }
+    fax = None if outbound else _fax(sender, subject, "\n".join(collected.texts), collected.attachments, mailbox)
+    if fax is not None:
+        return [{
+            "specversion": "1.0", "id": event_id(message_id).replace("email:", "fax:", 1), "source": source,
+            "type": "fax.received", "time": _time(msg, now).isoformat(), "datacontenttype": "application/json",
+            "data": {"fax_id": message_id[:200], **fax},
+        }]
     if in_reply_to:
         data["in_reply_to"] = in_reply_to
     if outbound:

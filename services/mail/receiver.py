@@ -125,12 +125,13 @@ class MailHandler:
     """aiosmtpd handler: RCPT decides who we take mail for, DATA records the message."""
 
     def __init__(self, *, domains: Iterable[str], capture_address: str, source: str, deliver: Deliver,
-                 max_event_bytes: int = 32 * 1024, relay: Relay | None = None,
+                 max_event_bytes: int = 32 * 1024, relay: Relay | None = None, fax_senders: Iterable[str] = (),
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.domains = frozenset(d.strip().lower().lstrip("@") for d in domains if d.strip())
         self.capture = capture_address.strip().lower()
         self.source, self.deliver, self.max_event_bytes = source, deliver, max_event_bytes
         self.relay, self.clock = relay, clock
+        self.fax_senders = tuple(a.strip().lower() for a in fax_senders if a.strip())
         self.in_flight = 0
 
     def _ours(self, address: str) -> bool:
@@ -167,7 +168,7 @@ class MailHandler:
         raw = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "surrogateescape")
         try:
             events = to_events(raw, domains=self.domains, source=self.source, now=self.clock(),
-                               mailbox=Mailbox(envelope.mail_from, tuple(envelope.rcpt_tos)),
+                               mailbox=Mailbox(envelope.mail_from, tuple(envelope.rcpt_tos), self.fax_senders),
                                max_event_bytes=self.max_event_bytes)
         except Unmappable as exc:
             MESSAGES.labels("refused", "unmappable").inc()

@@ -28,7 +28,7 @@ from datetime import datetime
 import orjson
 
 from events.customer_events import MERGED, CustomerEvent, IdentityMarker, decode
-from projections import customer_view, satisfaction
+from projections import customer_view, orders, satisfaction
 from projections.identity import event_home, kind_of
 from projections.timeline import summarize
 from events import pii
@@ -241,6 +241,7 @@ class ViewStage:
         fresh = self._insert(batch, events, homes, owner_of)
         refolded = self._move(batch, moves)  # after the insert, so a re-fold holds the new rows too
         self._fold(batch, fresh, homes, owner_of, refolded)
+        self._orders(cur, fresh, set(moves))
         self._record(cur, markers)
         batch.save()
         if self.indicators is not None:
@@ -291,6 +292,7 @@ class ViewStage:
                     "DELETE FROM customer_view_alias WHERE survivor = ANY(%(c)s) OR alias = ANY(%(c)s)",
                     "DELETE FROM customer_view_change WHERE target = ANY(%(c)s) OR source = ANY(%(c)s)",
                     "DELETE FROM customer_view WHERE customer_id = ANY(%(c)s)",
+                    "DELETE FROM customer_order WHERE customer_id = ANY(%(c)s)",
                     "DELETE FROM webhook_delivery WHERE event_id IN "
                     "(SELECT event_id FROM webhook_event WHERE customer_id = ANY(%(c)s))",
                     "DELETE FROM webhook_event WHERE customer_id = ANY(%(c)s)"):
@@ -389,6 +391,41 @@ class ViewStage:
         batch.load(by_customer)  # one query for every customer of the batch
         for cid, evs in by_customer.items():
             batch.set_view(cid, customer_view.apply_all(batch.view(cid), evs))
+
+    @staticmethod
+    def _orders(cur, fresh: list[CustomerEvent], moved: set[str]) -> None:
+        """Fold the new order events into their orders (``projections.orders``), and give every
+        order touched, or spoken of by rows that moved, the customer of its latest timeline row."""
+        new: dict[str, list[CustomerEvent]] = defaultdict(list)
+        for e in fresh:
+            if orders.is_order_event(e):
+                new[str(e.data["order_id"])].append(e)
+        ids = set(new)
+        if moved:
+            cur.execute("SELECT DISTINCT data->>'order_id' FROM customer_timeline "
+                        "WHERE type LIKE 'order.%%' AND home = ANY(%s)", (sorted(moved),))
+            ids |= {r[0] for r in cur.fetchall() if r[0]}
+        if not ids:
+            return
+        wanted = sorted(ids)
+        lock(cur, ("o:" + i for i in wanted))
+        cur.execute("SELECT order_id, state FROM customer_order WHERE order_id = ANY(%s)", (wanted,))
+        states = dict(cur.fetchall())
+        for oid, evs in new.items():
+            states[oid] = orders.apply_all(states.get(oid) or orders.empty(oid), evs)
+        cur.execute("""SELECT DISTINCT ON (data->>'order_id') data->>'order_id', customer_id FROM customer_timeline
+                       WHERE type LIKE 'order.%%' AND data->>'order_id' = ANY(%s)
+                       ORDER BY data->>'order_id', event_time DESC, event_key DESC""", (wanted,))
+        owner = dict(cur.fetchall())
+        rows = [(oid, owner[oid], state["status"], state["placed_at"], state["updated_at"], state["late"],
+                 orjson.dumps(state).decode()) for oid, state in sorted(states.items()) if oid in owner]
+        if rows:
+            execute_values(cur, """
+                INSERT INTO customer_order (order_id, customer_id, status, placed_at, last_event_at, late, state)
+                VALUES %s ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id,
+                    status = EXCLUDED.status, placed_at = EXCLUDED.placed_at, last_event_at = EXCLUDED.last_event_at,
+                    late = EXCLUDED.late, state = EXCLUDED.state, updated_at = now()""",
+                rows, template="(%s, %s, %s, %s, %s, %s, %s::jsonb)", page_size=1000)
 
     @staticmethod
     def _record(cur, markers: list[IdentityMarker]) -> None:

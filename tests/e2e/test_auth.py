@@ -32,6 +32,8 @@ API_EXPECTED = {
     ("GET", "/v1/customers/{customer_id}/merges"): CUSTOMERS_READ,
     ("GET", "/v1/customers/{customer_id}/timeline"): CUSTOMERS_READ,
     ("GET", "/v1/customers/{customer_id}/state"): CUSTOMERS_READ,
+    ("GET", "/v1/customers/{customer_id}/orders"): CUSTOMERS_READ,
+    ("GET", "/v1/orders/{order_id}"): CUSTOMERS_READ,
     ("POST", "/v1/customers/{customer_id}/unmerge"): ADMIN,
     ("POST", "/v1/customers/{customer_id}/merge"): ADMIN,
     ("POST", "/v1/customers/{customer_id}/erasure"): ADMIN,
@@ -62,7 +64,7 @@ COLLECTOR_EXPECTED = {
     # channel adapters (services/ingest/adapters): servers post with a key; platforms sign; browsers and
     # customers follow a publishable key or a signed link
     ("POST", "/v1/hooks/amazon-connect"): EVENTS_WRITE, ("POST", "/v1/hooks/calls"): EVENTS_WRITE,
-    ("POST", "/v1/hooks/orders"): EVENTS_WRITE, ("POST", "/v1/surveys"): EVENTS_WRITE,
+    ("POST", "/v1/hooks/orders"): EVENTS_WRITE, ("POST", "/v1/hooks/fax"): EVENTS_WRITE, ("POST", "/v1/surveys"): EVENTS_WRITE,
     ("POST", "/v1/hooks/twilio/voice"): OPEN, ("POST", "/v1/hooks/shopify"): OPEN,
     ("POST", "/v1/hooks/woocommerce"): OPEN, ("GET", "/v1/tracker.js"): OPEN,
     ("POST", "/v1/tracker/events"): OPEN, ("OPTIONS", "/v1/tracker/events"): OPEN,

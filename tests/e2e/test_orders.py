@@ -51,7 +51,8 @@ def test_shopify_webhooks_make_the_customers_orders(shop, unique):
     collector, api = shop
     domain, email = f"shop-{unique}.myshopify.com", f"buyer.{unique}@example.com"
     order = json.loads((DATA / "shopify_orders_create.json").read_text())
-    order.update(id=int(unique, 16), email=email, contact_email=email, name=f"#{unique}", test=False)
+    order.update(id=int(unique, 16), email=email, contact_email=email, name=f"#{unique}", test=False,
+                 cancelled_at=None, cancel_reason=None)  # Shopify's sample is a cancelled order: this one is not
     order["customer"].update(id=int(unique, 16) + 1, email=email)
     refund = json.loads((DATA / "shopify_refunds_create.json").read_text())
     refund["order_id"] = order["id"]
@@ -142,3 +143,66 @@ def test_woocommerce_state_and_the_generic_form(shop, platform, unique):
     assert f"woo:{order['customer_id']}" in view["identities"]["account_id"]
     types = sorted(i["type"] for i in timeline(api, view["customer_id"]))
     assert types == ["order.paid", "order.paid", "order.placed", "order.placed", "order.refunded", "order.shipped"]
+
+
+def test_the_order_chain_through_the_generic_form(shop, platform, unique):
+    """Every status of an appliance order, sent out of order and twice, read back as one order with
+    its history; a second order under another identifier follows the customer when they merge."""
+    collector, api = shop
+    email, phone = f"chain.{unique}@example.com", f"+86139{int(unique, 16) % 10**8:08d}"
+    oid, other = f"HA-{unique}", f"HB-{unique}"
+    base = {"order_id": oid, "source": "haier-mall", "currency": "CNY", "customer": {"email": email}}
+    chain = [
+        {"status": "placed", "at": "2026-11-11T00:05:00+08:00",
+         "items": [{"sku": "HAIER-BCD-470", "name": "海尔冰箱", "quantity": 1, "unit_price": "3999.00"}]},
+        {"status": "paid", "amount": "3999.00", "at": "2026-11-11T00:06:00+08:00"},
+        {"status": "shipped", "carrier": "SF Express", "tracking_number": "SF1234567890",
+         "promised_at": "2026-11-13T18:00:00+08:00", "at": "2026-11-12T09:00:00+08:00"},
+        {"status": "delivered", "at": "2026-11-14T10:00:00+08:00"},
+        {"status": "installation_scheduled", "scheduled_for": "2026-11-15T09:00:00+08:00",
+         "at": "2026-11-14T11:00:00+08:00"},
+        {"status": "installation_completed", "at": "2026-11-15T10:30:00+08:00"},
+        {"status": "return_requested", "reason": "the door does not close", "at": "2026-11-20T10:00:00+08:00"},
+        {"status": "returned", "at": "2026-11-22T10:00:00+08:00"},
+        {"status": "refunded", "amount": "3999.00", "at": "2026-11-23T10:00:00+08:00"},
+    ]
+    key = platform.keys["events:write"]
+    shuffled = [chain[i] for i in (5, 2, 8, 0, 7, 3, 1, 6, 4)]
+    for part in (shuffled[:5], shuffled[3:]):  # two overlap: sent twice, recorded once
+        sent = http.post(f"{collector}/v1/hooks/orders", json=[{**base, **f} for f in part], key=key)
+        assert sent.status_code == 202, sent.text
+    cancelled = {"order_id": other, "source": "haier-mall", "customer": {"phone": phone}}
+    sent = http.post(f"{collector}/v1/hooks/orders", key=key, json=[
+        {**cancelled, "status": "placed", "at": "2026-11-12T08:00:00+08:00",
+         "items": [{"sku": "HAIER-EG100", "quantity": 1, "unit_price": "2599.00"}]},
+        {**cancelled, "status": "cancelled", "reason": "ordered twice", "at": "2026-11-12T08:30:00+08:00"}])
+    assert sent.status_code == 202, sent.text
+
+    def order(order_id: str, events: int):
+        got = http.get(f"{api}/v1/orders/{order_id}")
+        return got.status_code == 200 and len(got.json()["history"]) == events and got.json()
+    got = wait_for(lambda: order(oid, 9), 60, "the whole chain applied")
+    assert [h["status"] for h in got["history"]] == [f["status"] for f in chain]
+    assert got["status"] == "refunded" and got["paid"] == got["refunded"] == "3999.00" and got["total"] == "3999.00"
+    assert got["carrier"] == "SF Express" and got["tracking_number"] == "SF1234567890"
+    assert got["late"] is True  # promised by the 13th 18:00, delivered on the 14th
+    assert got["installation"]["completed_at"].startswith("2026-11-15T02:30:00")
+    assert "door" not in json.dumps(got)  # reasons stay sealed on the timeline
+    assert wait_for(lambda: order(other, 2), 60, "the cancelled order")["status"] == "cancelled"
+    assert http.get(f"{api}/v1/orders/nope-{unique}").status_code == 404
+
+    customer = customer_by_email(api, email, 9)
+    listed = http.get(f"{api}/v1/customers/{customer['customer_id']}/orders").json()
+    assert [o["order_id"] for o in listed["items"]] == [oid]
+    # the phone turns out to be the same customer: the cancelled order moves to them
+    sent = http.post(f"{collector}/v1/hooks/orders", key=key, json={
+        **base, "status": "paid", "amount": "0", "event_id": "link", "customer": {"email": email, "phone": phone},
+        "at": "2026-11-24T10:00:00+08:00"})
+    assert sent.status_code == 202, sent.text
+
+    def merged():
+        cid = http.get(f"{api}/v1/customers", params={"email": email}).json()["items"][0]["customer_id"]
+        items = http.get(f"{api}/v1/customers/{cid}/orders").json()["items"]
+        return sorted(o["order_id"] for o in items) == sorted([oid, other]) and items
+    items = wait_for(merged, 60, "both orders under the merged customer")
+    assert {o["customer_id"] for o in items} == {items[0]["customer_id"]}

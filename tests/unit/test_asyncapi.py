@@ -195,6 +195,16 @@ def _more_touchpoints() -> list[dict]:
         {**base, "id": "l-1", "type": "identity.linked", "data": {"identifiers": refs}},
         {**base, "id": "u-1", "type": "identity.unlinked", "data": {"identifiers": refs, "operator": "ops-1"}},
         {**base, "id": "e-1", "type": "customer.erasure_requested", "data": {"email": "li.na@163.com"}},
+        *({**base, "id": f"o-{status}", "type": f"order.{status}",
+           "data": {"order_id": "E1", "phone": "+8613912345678", **extra}} for status, extra in (
+              ("delivered", {"carrier": "SF Express", "promised_at": "2026-11-19T18:00:00+08:00"}),
+              ("cancelled", {"reason": "ordered twice"}), ("return_requested", {"reason": "broken"}),
+              ("returned", {"tracking_number": "SF2"}),
+              ("installation_scheduled", {"scheduled_for": "2026-11-21T09:00:00+08:00"}),
+              ("installation_completed", {}))),
+        {**base, "id": "f-1", "type": "fax.received",
+         "data": {"fax_id": "FX-1", "from_number": "+86 21 6666 8888", "pages": 2,
+                  "document": {"filename": "po.pdf", "content_type": "application/pdf", "size": 4000}}},
     ]
 
 

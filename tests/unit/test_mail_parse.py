@@ -40,7 +40,8 @@ def test_every_sample_becomes_a_valid_event_deterministically():
         first = event_of(sample(name), mailbox=mailbox)
         assert first == event_of(sample(name), mailbox=mailbox), name
         validate(first, received_at=NOW)  # the platform's own validation
-        assert first["source"] == SOURCE and first["id"] == event_id(first["data"]["message_id"])
+        mid = first["data"]["fax_id" if first["type"] == "fax.received" else "message_id"]
+        assert first["source"] == SOURCE and first["id"].partition(":")[2] == event_id(mid).partition(":")[2]
         assert len(orjson.dumps(first)) <= 32 * 1024
         assert "\x00" not in json.dumps(first["data"], ensure_ascii=False)
 
@@ -332,3 +333,39 @@ def test_truncated_and_corrupted_mail_never_raises_anything_but_unmappable():
             except Unmappable:
                 continue
             validate(e, received_at=NOW)
+
+
+# --- faxes from a fax-to-mail gateway -------------------------------------------------------------
+
+def test_a_hylafax_faxrcvd_mail_is_a_received_fax():
+    event = event_of(sample("composed-hylafax-faxrcvd-pdf.eml"))
+    assert event["type"] == "fax.received" and event["id"].startswith("fax:")
+    data = event["data"]
+    assert data["from_number"] == "+862166668888" and data["pages"] == 2 and data["gateway"] == "hylafax"
+    assert data["document"]["filename"] == "fax00012.pdf" and data["document"]["content_type"] == "application/pdf"
+    assert data["document"]["size"] > 0 and data["fax_id"] == "<20261120101604.fax000000012@fax.shop.example.com>"
+    tp = validate(event, received_at=NOW)
+    assert [i.key for i in tp.identifiers][0] == "phone:+862166668888"
+
+
+def _fax_mail(subject: str, sender: str = "faxmail@efax.example.net", attachment: str = "image/tiff") -> bytes:
+    return (f"From: {sender}\r\nTo: service@shop.example.com\r\nSubject: {subject}\r\n"
+            "Message-ID: <f1@efax.example.net>\r\nDate: Fri, 20 Nov 2026 10:16:04 +0800\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n'
+            "You have a new fax.\r\n--b\r\n"
+            f'Content-Type: {attachment}; name="fax.tif"\r\nContent-Transfer-Encoding: base64\r\n'
+            'Content-Disposition: attachment; filename="fax.tif"\r\n\r\nSUkqAAgAAAA=\r\n--b--\r\n').encode()
+
+
+def test_a_configured_gateway_sender_or_a_fax_subject_with_a_tiff_is_a_fax_and_other_mail_is_not():
+    by_sender = event_of(_fax_mail("New fax message", sender="faxmail@efax.example.net"),
+                         mailbox=Mailbox(fax_senders=("FaxMail@efax.example.net",)))
+    assert by_sender["type"] == "email.received"  # no number anywhere: it stays an email
+    with_number = event_of(_fax_mail("Fax from 021-6666 8888"), mailbox=Mailbox(fax_senders=("faxmail@efax.example.net",)))
+    assert with_number["type"] == "fax.received" and with_number["data"]["from_number"] == "021-6666 8888"
+    assert with_number["data"]["document"] == {"filename": "fax.tif", "content_type": "image/tiff", "size": 8}
+    assert event_of(_fax_mail("facsimile received from +86 21 6666 8888"))["type"] == "fax.received"
+    # a fax subject without a PDF or TIFF, or a customer's mail about a fax: an email
+    plain = _fax_mail("facsimile received from +86 21 6666 8888", attachment="text/csv").replace(b"fax.tif", b"a.csv")
+    assert event_of(plain)["type"] == "email.received"
+    assert event_of(_fax_mail("Re: my fax to you"))["type"] == "email.received"

@@ -146,9 +146,9 @@ def test_a_shopify_refund_is_recorded_from_the_order_that_names_the_customer():
 
     order = sample("shopify_orders_create.json")
     order["refunds"] = [refund]
-    [updated] = m.shopify_events("orders/updated", SHOP, order).events
-    [cancelled] = m.shopify_events("orders/cancelled", SHOP, order).events
-    assert updated == cancelled  # either topic: the same event, recorded once
+    [was_cancelled, updated] = m.shopify_events("orders/updated", SHOP, order).events  # the sample is cancelled
+    assert m.shopify_events("orders/cancelled", SHOP, order).events == [was_cancelled, updated]  # either topic:
+    # the same events, recorded once
     assert updated["id"] == f"shopify:{SHOP}:820982911946154508:refunded:890088186047892319"
     assert updated["type"] == "order.refunded" and updated["time"] == "2021-12-31T19:00:00-05:00"
     assert updated["data"]["amount"] == "89.99" and updated["data"]["currency"] == "USD"
@@ -180,10 +180,13 @@ def test_shopify_refund_amount_from_successful_refund_transactions_else_line_sub
     assert nothing.events == [] and "no money" in nothing.skipped[0]
 
 
-def test_shopify_cancellation_without_a_refund_and_unmapped_topics_are_skipped_with_a_reason():
+def test_shopify_cancellation_without_a_refund_is_recorded_and_unmapped_topics_are_skipped_with_a_reason():
     order = sample("shopify_orders_create.json")
-    cancelled = m.shopify_events("orders/cancelled", SHOP, order)
-    assert cancelled.events == [] and "cancelled (customer) without money refunded" in cancelled.skipped[0]
+    [cancelled] = m.shopify_events("orders/cancelled", SHOP, order).events
+    assert cancelled["type"] == "order.cancelled" and cancelled["id"] == f"shopify:{SHOP}:820982911946154508:cancelled"
+    assert cancelled["time"] == "2021-12-31T19:00:00-05:00" and cancelled["data"]["reason"] == "customer"
+    assert m.shopify_events("orders/updated", SHOP, order).events == [cancelled]  # cancelled_at says it too
+    order = {**order, "cancelled_at": None}
     for topic in ("products/update", "customers/create", "orders/edited", "app/uninstalled"):
         out = m.shopify_events(topic, SHOP, order)
         assert out.events == [] and topic in out.skipped[0]
@@ -395,3 +398,46 @@ def test_woocommerce_route_answers_the_ping_and_checks_signatures():
     assert [len(r) for r in intake.received] == [2]
     unconfigured, _ = client()
     assert unconfigured.post("/v1/hooks/woocommerce", content=b"webhook_id=42").status_code == 404
+
+
+def test_generic_form_takes_every_status_of_the_chain():
+    who = {"phone": "13912345678"}
+    sent = [m.generic_event(m.GenericOrder.model_validate({"order_id": "YZ-9", "customer": who, **extra}))
+            for extra in (
+                {"status": "shipped", "carrier": "SF Express", "tracking_number": "SF1",
+                 "promised_at": "2026-11-13T18:00:00+08:00"},
+                {"status": "delivered", "at": "2026-11-14T10:00:00+08:00"},
+                {"status": "cancelled", "reason": "changed my mind"},
+                {"status": "return_requested", "reason": "door does not close"},
+                {"status": "returned", "carrier": "SF Express", "tracking_number": "SF2"},
+                {"status": "installation_scheduled", "scheduled_for": "2026-11-15T09:00:00+08:00",
+                 "installer": "Haier service Qingdao"},
+                {"status": "installation_completed"})]
+    assert [e["type"] for e in sent] == ["order.shipped", "order.delivered", "order.cancelled",
+                                         "order.return_requested", "order.returned",
+                                         "order.installation_scheduled", "order.installation_completed"]
+    assert sent[0]["data"]["promised_at"] == "2026-11-13T18:00:00+08:00" and sent[0]["data"]["carrier"] == "SF Express"
+    assert sent[2]["data"]["reason"] == "changed my mind" and sent[2]["id"] == "shop:YZ-9:cancelled"
+    assert sent[5]["data"]["scheduled_for"] == "2026-11-15T09:00:00+08:00"
+    valid(sent)
+
+
+def test_shopify_delivered_fulfillments_and_a_cancelled_woocommerce_order():
+    order = {**sample("shopify_orders_create.json"), "cancelled_at": None, "fulfillments": [
+        {"id": 1, "status": "success", "shipment_status": "delivered", "created_at": "2022-01-03T09:00:00Z",
+         "updated_at": "2022-01-05T16:00:00Z", "tracking_company": "UPS", "tracking_number": "1Z2345"},
+        {"id": 2, "status": "success", "shipment_status": "in_transit", "created_at": "2022-01-03T09:00:00Z"}]}
+    events = m.shopify_events("orders/fulfilled", SHOP, order).events
+    assert [e["type"] for e in events] == ["order.shipped", "order.shipped", "order.delivered"]
+    delivered = events[-1]
+    assert delivered["id"] == f"shopify:{SHOP}:820982911946154508:delivered:1"
+    assert delivered["time"] == "2022-01-05T16:00:00Z" and delivered["data"]["tracking_number"] == "1Z2345"
+    assert m.shopify_events("orders/updated", SHOP, order).events == [delivered]
+    valid(events)
+    woo = sample("woocommerce_order_727.json")
+    woo.update(customer_id=5, status="cancelled", date_modified_gmt="2017-03-23T10:00:00")
+    cancelled = [e for e in m.woocommerce_events("order.updated", "example.com", woo).events
+                 if e["type"] == "order.cancelled"]
+    assert [e["id"] for e in cancelled] == ["woo:example.com:727:cancelled"]
+    assert cancelled[0]["time"] == "2017-03-23T10:00:00Z"
+    valid(cancelled)

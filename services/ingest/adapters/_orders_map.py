@@ -251,7 +251,31 @@ class ShopifyOrder:
         if not out.events:  # fulfilled, but the payload lists no fulfillment (Shopify's own sample)
             time = _first(self.order.get("updated_at"), self.order.get("processed_at"))
             out.events.append(_event(self.source, self._id("shipped"), "shipped", time, self._data()))
+        out.events += self.delivered().events
         return out
+
+    def delivered(self) -> Mapped:
+        """One ``order.delivered`` per fulfillment whose carrier reports it delivered
+        (``shipment_status``: Shopify updates it from the carrier's tracking)."""
+        out = Mapped()
+        for f in _list(self.order.get("fulfillments")):
+            if isinstance(f, dict) and f.get("shipment_status") == "delivered":
+                fid = _text(f.get("id"))
+                numbers = [n for n in (_text(x) for x in _list(f.get("tracking_numbers"))) if n]
+                data = self._data(carrier=_text(f.get("tracking_company")),
+                                  tracking_number=_first(f.get("tracking_number"), *numbers))
+                out.events.append(_event(self.source, self._id("delivered", fid) if fid else self._id("delivered"),
+                                         "delivered", _first(f.get("updated_at"), f.get("created_at")), data))
+        return out
+
+    def cancellation(self, *, topic: bool) -> Mapped:
+        """``order.cancelled`` when the order says it was (``cancelled_at``), or the topic does."""
+        at = _text(self.order.get("cancelled_at"))
+        if not at and not topic:
+            return Mapped()
+        time = at or _first(self.order.get("updated_at"), self.order.get("processed_at"))
+        return Mapped([_event(self.source, self._id("cancelled"), "cancelled", time,
+                              self._data(reason=_text(self.order.get("cancel_reason"))))])
 
     def refunds(self) -> Mapped:
         """One ``order.refunded`` per refund of the order that gave money back."""
@@ -265,10 +289,7 @@ class ShopifyOrder:
 
     def cancelled(self) -> Mapped:
         out = self.refunds()
-        if not out.events:
-            reason = _text(self.order.get("cancel_reason")) or "no reason given"
-            out.skipped.append(f"order {self.order_id} was cancelled ({reason}) without money refunded: "
-                               "nothing to record (its placement stays in the history)")
+        out.events = self.cancellation(topic=True).events + out.events
         return out
 
 
@@ -320,10 +341,13 @@ def shopify_events(topic: str, shop: str, payload: Any) -> Mapped:
         return order.shipped()
     if topic == "orders/cancelled":
         return order.cancelled()
-    out = order.refunds()  # orders/updated: its refunds are the only facts not sent by a topic of their own
+    # orders/updated: its refunds, a cancellation and carrier-confirmed deliveries are the facts not
+    # sent by a topic of their own
+    out = order.refunds()
+    out.events = order.cancellation(topic=False).events + out.events + order.delivered().events
     if not out.events and not out.skipped:
-        out.skipped.append(f"orders/updated of order {order.order_id}: no refund in it; placements, payments "
-                           "and shipments come from their own topics")
+        out.skipped.append(f"orders/updated of order {order.order_id}: no refund, cancellation or delivery in it; "
+                           "placements, payments and shipments come from their own topics")
     return out
 
 
@@ -431,6 +455,9 @@ def woocommerce_events(topic: str, host: str, payload: Any) -> Mapped:
     if status == "completed" or completed_at:
         out.events.append(_event(source, event_id("shipped"), "shipped",
                                  completed_at or _woo_time(payload.get("date_modified_gmt")), data()))
+    if status == "cancelled":
+        out.events.append(_event(source, event_id("cancelled"), "cancelled",
+                                 _woo_time(payload.get("date_modified_gmt")), data()))
     for refund in _list(payload.get("refunds")):
         refund = _obj(refund)
         refund_id, amount = _text(refund.get("id")), _money(refund.get("total"))
@@ -464,7 +491,8 @@ class GenericOrder(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     order_id: Str200 = Field(min_length=1)
-    status: Literal["placed", "paid", "shipped", "refunded"]
+    status: Literal["placed", "paid", "shipped", "delivered", "cancelled", "return_requested", "returned",
+                    "refunded", "installation_scheduled", "installation_completed"]
     customer: GenericCustomer
     currency: Currency = "CNY"
     items: list[LineItem] = Field(default_factory=list, max_length=MAX_ITEMS)
@@ -474,6 +502,9 @@ class GenericOrder(BaseModel):
     carrier: Str200 | None = None
     tracking_number: Str200 | None = None
     reason: Str200 | None = None
+    promised_at: AwareDatetime | None = Field(None, description="shipped, delivered: delivery promised by")
+    scheduled_for: AwareDatetime | None = Field(None, description="installation_scheduled: the appointment")
+    installer: Str200 | None = None
     at: AwareDatetime | None = Field(None, description="when it happened (RFC 3339 with an offset); "
                                                        "default: when received")
     source: str = Field("shop", pattern=r"^[A-Za-z0-9._-]{1,100}$",
@@ -504,8 +535,18 @@ def generic_event(order: GenericOrder) -> dict[str, Any]:
                     total=str(order.total) if order.total is not None else None)
     elif order.status == "paid":
         data.update(amount=str(order.amount if order.amount is not None else order.total), method=order.method)
-    elif order.status == "shipped":
+    elif order.status in ("shipped", "delivered"):
+        data.update(carrier=order.carrier, tracking_number=order.tracking_number,
+                    promised_at=order.promised_at.isoformat() if order.promised_at else None)
+    elif order.status == "returned":
         data.update(carrier=order.carrier, tracking_number=order.tracking_number)
+    elif order.status in ("cancelled", "return_requested"):
+        data.update(reason=order.reason)
+    elif order.status == "installation_scheduled":
+        data.update(scheduled_for=order.scheduled_for.isoformat() if order.scheduled_for else None,
+                    installer=order.installer)
+    elif order.status == "installation_completed":
+        data.update(installer=order.installer)
     else:
         data.update(amount=str(order.amount), reason=order.reason)
     event_id = f"{order.source}:{order.order_id}:{order.event_id or order.status}"

@@ -8,7 +8,7 @@ shop system, as ``order.placed`` / ``order.paid`` / ``order.shipped`` / ``order.
 * ``POST /v1/hooks/orders``: an API key with ``events:write``.
 
 The signature is checked on the raw body before it is parsed. A webhook the mapping leaves out (a
-topic not mapped, a cancellation without a refund) is answered 200 with the reason: Shopify and
+topic not mapped, an order naming no customer) is answered 200 with the reason: Shopify and
 WooCommerce disable a webhook whose deliveries keep failing. The mapping is in ``_orders_map``;
 docs/adapters/orders.md is the user's guide.
 """
