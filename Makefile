@@ -16,7 +16,7 @@ help:
 	@echo "make demo    - install what is missing, start Kafka, PostgreSQL, every service and demo traffic"
 	@echo "make test    - install what the tests need and run the whole test suite"
 	@echo "make chaos   - the long chaos run: 50,000 events through every fault (own Kafka and PostgreSQL)"
-	@echo "make bench   - every benchmark of design §10 (~40 min): bench/results.json, docs/benchmarks.md"
+	@echo "make bench   - every benchmark of the README's Benchmarks (~40 min): bench/results.json, docs/benchmarks.md"
 	@echo "make bench-quick - the same, small (a few minutes)"
 	@echo "make stop    - stop everything started by make demo"
 	@echo "make status  - what runs"

@@ -1,5 +1,5 @@
 """Freshness at a fixed offered rate: collector 2xx -> visible in the query API, and -> on the live
-indicator stream, while realistic background traffic is offered at 2,000 events/s (design §10:
+indicator stream, while realistic background traffic is offered at 2,000 events/s (the README's Benchmarks:
 p50 <= 50 ms, p99 <= 250 ms).
 
 What is measured

@@ -1,4 +1,4 @@
-"""``make bench``: every benchmark of design §10 in one run, each against its baseline measured in
+"""``make bench``: every benchmark of the README's Benchmarks in one run, each against its baseline measured in
 the same run, written to ``bench/results.json`` and ``docs/benchmarks.md``.
 
     python -m bench.run [--quick] [--events N] [--only ingest,processing,...] [--skip ...]

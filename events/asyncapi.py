@@ -1,4 +1,4 @@
-"""The AsyncAPI 3.0.0 document of every Kafka topic, generated from the declarations (design §3, §4).
+"""The AsyncAPI 3.0.0 document of every Kafka topic, generated from the declarations (README: Topics, Event types).
 
 Nothing here restates a shape declared elsewhere: the topics come from ``services.common.topics``,
 the touchpoints from ``events.touchpoints`` (through ``events.schema``), the resolved events and the

@@ -1,4 +1,4 @@
-"""Typed, normalized customer identifiers (design §5).
+"""Typed, normalized customer identifiers (README: Identity resolution).
 
 Emails are trimmed and lower-cased, phones are E.164 (``phonenumbers`` with a default region),
 account and anonymous ids are kept as given. Placeholder values that would fuse strangers

@@ -1,4 +1,4 @@
-"""Identity resolution as a pure function of the evidence (design §5).
+"""Identity resolution as a pure function of the evidence (README: Identity resolution).
 
 Every customer is a cluster of identifiers. The evidence is what touchpoints said about identity:
 an event with two or more identifiers says they are one person (``identity.linked`` says so

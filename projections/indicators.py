@@ -1,4 +1,4 @@
-"""Real-time satisfaction indicators (design §8) as pure folds: touchpoints -> facts -> sums -> values.
+"""Real-time satisfaction indicators (README: Satisfaction indicators) as pure folds: touchpoints -> facts -> sums -> values.
 
 Three kinds of state produce *facts*; a fact is a set of additive measures placed at an event-time
 instant and tagged with its dimensions (channel, queue, agent, customer segment):
@@ -15,7 +15,7 @@ difference is applied to the sums, so a late message that changes a first respon
 rather than counting it twice. Sums are kept per minute and per dimension value; an indicator's
 value is a ratio of sums (``Indicator``), so windows and breakdowns are sums of minutes.
 
-Definitions, the contract of design §8:
+Definitions, the contract of the README's Satisfaction indicators:
 
 * CSAT % = answers of 4 or 5 on 1-5 / all CSAT answers x 100; response rate = survey answers /
   surveys sent x 100. The agent, queue and channel rated are the ones on the survey event (captured

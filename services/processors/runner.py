@@ -1,4 +1,4 @@
-"""Runs one stage over batches with exactly-once effects on PostgreSQL (design §6).
+"""Runs one stage over batches with exactly-once effects on PostgreSQL (README: Guarantees and how they are kept).
 
 For every batch, in one PostgreSQL transaction:
   1. lock this consumer's offset rows for the batch's partitions and drop records below them

@@ -1,4 +1,4 @@
-"""Deterministic, realistic multi-channel customer journeys as CloudEvents (design §4).
+"""Deterministic, realistic multi-channel customer journeys as CloudEvents (README: Event types).
 
 Pure code: no I/O and no clock. Everything comes from the seed, the customer index and the
 ``start`` time passed in, so a re-run with the same seed produces the same events with the same

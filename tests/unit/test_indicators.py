@@ -1,4 +1,4 @@
-"""Satisfaction indicators as pure folds, on hand-computed examples (design §8)."""
+"""Satisfaction indicators as pure folds, on hand-computed examples (README: Satisfaction indicators)."""
 from __future__ import annotations
 
 import itertools
